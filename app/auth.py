@@ -1,0 +1,196 @@
+"""Bearer-key authentication, per-key rate limits, and `Idempotency-Key` replay.
+
+Routes declare who may call them with `@merchant_only` or `@operator_only`. The
+merchant id a route works with always comes from the key, never from the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Response, current_app, g, json, request
+from sqlalchemy import select, text
+
+from app.errors import problem
+from app.web import db, redis_client
+from commerce.access.models import ApiKey, IdempotencyRecord
+from commerce.access.services import MERCHANT, OPERATOR, authenticate
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: OpenAPI security requirement attached to every authenticated operation.
+BEARER = [{"bearerAuth": []}]
+_IDEMPOTENCY_HEADER = "Idempotency-Key"
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, slug: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.slug, self.detail, self.headers = status, slug, detail, headers or {}
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError(
+            401,
+            "unauthorized",
+            "Send an API key as 'Authorization: Bearer <key>'.",
+            {"WWW-Authenticate": 'Bearer realm="chatledger"'},
+        )
+    return token.strip()
+
+
+def _current_key(role: str) -> ApiKey:
+    key = authenticate(db(), _bearer())
+    if key is None:
+        raise AuthError(
+            401,
+            "unauthorized",
+            "The API key is not valid.",
+            {"WWW-Authenticate": 'Bearer realm="chatledger", error="invalid_token"'},
+        )
+    if key.role != role:
+        raise AuthError(403, "forbidden", f"This operation needs an {role} key.")
+    _rate_limit(key)
+    g.api_key = key
+    return key
+
+
+def _rate_limit(key: ApiKey) -> None:
+    """A fixed one-minute window per key in Redis. If Redis is unreachable the request goes
+    through: rate limiting protects the service, it must not become its outage."""
+    limit = current_app.config["CHATLEDGER"].rate_limit_per_minute
+    window = int(time.time() // 60)
+    name = f"chatledger:ratelimit:{key.id}:{window}"
+    try:
+        pipe = redis_client().pipeline()
+        pipe.incr(name)
+        pipe.expire(name, 120)
+        count, _ = pipe.execute()
+    except Exception:  # redis-py raises several unrelated types for an unreachable server
+        log.warning("rate limiter unavailable; request allowed")
+        return
+    if count > limit:
+        retry_after = 60 - int(time.time()) % 60
+        raise AuthError(
+            429,
+            "rate-limited",
+            f"More than {limit} requests in a minute for this key.",
+            {"Retry-After": str(max(retry_after, 1))},
+        )
+
+
+def merchant_id() -> str:
+    """The merchant the current key belongs to."""
+    return g.api_key.merchant_id
+
+
+def _guarded(role: str) -> Callable[[F], F]:
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _current_key(role)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+merchant_only = _guarded(MERCHANT)
+operator_only = _guarded(OPERATOR)
+
+
+def idempotent(view: F) -> F:
+    """Replay the stored answer for a repeated `Idempotency-Key` from the same key.
+
+    A transaction-scoped advisory lock on (api key, idempotency key) makes a
+    concurrent repeat wait for the first request's commit and then replay its
+    answer, so the work behind the POST is done once.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        idem_key = request.headers.get(_IDEMPOTENCY_HEADER)
+        if idem_key is None:
+            return view(*args, **kwargs)
+        if not idem_key or len(idem_key) > _MAX_IDEMPOTENCY_KEY or not idem_key.isprintable():
+            return problem(
+                400,
+                "validation-error",
+                "The Idempotency-Key header is not acceptable.",
+                errors={_IDEMPOTENCY_HEADER: ["Must be 1 to 255 printable characters."]},
+            )
+        session = db()
+        api_key_id = g.api_key.id
+        fingerprint = hashlib.sha256(
+            b"\n".join([request.method.encode(), request.path.encode(), request.get_data()])
+        ).hexdigest()
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"idempotency\x1f{api_key_id}\x1f{idem_key}"},
+        )
+        stored = session.scalars(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.api_key_id == api_key_id, IdempotencyRecord.key == idem_key
+            )
+        ).one_or_none()
+        if stored is not None:
+            if stored.request_hash != fingerprint:
+                return problem(
+                    409,
+                    "idempotency-key-reused",
+                    "This Idempotency-Key was used with a different request.",
+                )
+            response = Response(
+                json.dumps(stored.response_body),
+                status=stored.response_status,
+                mimetype="application/json",
+            )
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
+
+        result = view(*args, **kwargs)
+        response = current_app.make_response(result)
+        # Only successes are remembered: a refused request may be corrected and retried.
+        if response.status_code < 400 and response.is_json:
+            session.add(
+                IdempotencyRecord(
+                    api_key_id=api_key_id,
+                    key=idem_key,
+                    request_hash=fingerprint,
+                    response_status=response.status_code,
+                    response_body=response.get_json(),
+                )
+            )
+            session.flush()
+        return response
+
+    return wrapper  # type: ignore[return-value]
+
+
+def register(app: Any) -> None:
+    @app.errorhandler(AuthError)
+    def on_auth_error(exc: AuthError) -> Response:
+        return problem(exc.status, exc.slug, exc.detail, headers=exc.headers)
+
+
+__all__ = [
+    "BEARER",
+    "OPERATOR",
+    "idempotent",
+    "merchant_id",
+    "merchant_only",
+    "operator_only",
+    "register",
+]

@@ -1,0 +1,87 @@
+"""The Celery application: `celery -A app.worker:celery worker` and `... beat`.
+
+JSON only (a task carries ids, never objects), late acknowledgement so a task
+whose worker died is delivered again, and a Redis visibility timeout longer than
+the longest countdown any task schedules, so Redis does not hand a waiting task
+to a second worker while the first still holds it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.config import Settings
+from app.embedded import celery_broker_url
+from commerce import payments, runtime
+from commerce.payments.stripe import StripeProvider
+
+#: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
+LONGEST_COUNTDOWN = timedelta(hours=1)
+TASK_MODULES = ["commerce.sales.tasks"]
+
+
+def create_celery(settings: Settings) -> Celery:
+    if settings.redis_url is None or settings.database_url is None:
+        raise RuntimeError(
+            "CHATLEDGER_DATABASE_URL and CHATLEDGER_REDIS_URL must be set for the worker; "
+            "`chatledger run` sets them for the embedded servers"
+        )
+    broker = celery_broker_url(settings.redis_url)
+    app = Celery("chatledger", broker=broker, include=TASK_MODULES)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        # A task that raised is acknowledged (it records its own failure); a worker that
+        # vanished is not, and its task is delivered again.
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": int(LONGEST_COUNTDOWN.total_seconds()) * 2,
+        },
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "sweep-requested-refunds": {
+                "task": "sales.sweep_requested_refunds",
+                "schedule": 60.0,
+            },
+            "sync-unsettled-payments": {
+                "task": "sales.sync_unsettled_payments",
+                "schedule": 300.0,
+            },
+        },
+    )
+
+    @worker_process_init.connect(weak=False)
+    def _configure_process(**_: object) -> None:
+        configure_domain(settings)
+
+    configure_domain(settings)
+    return app
+
+
+def configure_domain(settings: Settings) -> None:
+    """The database and payment provider the tasks use, in this process."""
+    assert settings.database_url is not None
+    runtime.configure_database(settings.database_url)
+    if settings.stripe_api_key:
+        payments.configure(
+            StripeProvider(settings.stripe_api_key, api_base=settings.stripe_api_base)
+        )
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A app.worker:celery` builds the app from the environment on first access;
+    # importing this module (as create_app does) reads nothing.
+    if name == "celery":
+        app = create_celery(Settings.from_env())
+        globals()["celery"] = app
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,110 @@
+"""Declarative base, engine and session helpers, and after-commit hooks.
+
+Services receive a `Session` and never commit: the request or the task that owns
+the transaction does. Work that must happen only once the data is durable (sending
+a Celery task, calling out) is registered with `after_commit` and runs after the
+COMMIT succeeds; a rollback drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, MetaData, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+#: Constraint names are derived, so Alembic migrations name them the same on every machine.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        int: BigInteger,
+    }
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for PostgreSQL; `postgresql://` URLs are driven by psycopg 3."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 10,
+        # A statement that runs this long is a bug or a lock pile-up; fail it rather than queue.
+        "connect_args": {"options": "-c statement_timeout=30000 -c lock_timeout=10000"},
+    }
+    options.update(kwargs)
+    return create_engine(url, **options)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: responses are serialized after the commit without a reload.
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+_AFTER_COMMIT = "chatledger.after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's current transaction has committed.
+
+    Used to send Celery tasks: a task that reads a row must never run before the
+    row is visible, and must never run at all if the transaction rolled back.
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        callback()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any exception."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "BigInteger",
+    "after_commit",
+    "make_engine",
+    "make_session_factory",
+    "transaction",
+    "utcnow",
+]

@@ -1,0 +1,36 @@
+"""The process's database sessions, set up once at start by the web app or the worker.
+
+Tasks and background code reach the database through `sessions()`; nothing in the
+domain reads configuration from the environment itself.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from commerce.db import make_engine, make_session_factory
+
+_engine: Engine | None = None
+_factory: sessionmaker[Session] | None = None
+
+
+def configure_database(url: str, **engine_options: object) -> sessionmaker[Session]:
+    global _engine, _factory
+    if _engine is not None:
+        _engine.dispose()
+    _engine = make_engine(url, **engine_options)
+    _factory = make_session_factory(_engine)
+    return _factory
+
+
+def engine() -> Engine:
+    if _engine is None:
+        raise RuntimeError("the database is not configured: call configure_database() at start")
+    return _engine
+
+
+def sessions() -> sessionmaker[Session]:
+    if _factory is None:
+        raise RuntimeError("the database is not configured: call configure_database() at start")
+    return _factory

@@ -1,0 +1,1 @@
+"""Alembic migrations; `chatledger db upgrade` applies them."""
