@@ -89,8 +89,8 @@ def _row(default: Rule, **overrides: Rule) -> dict[SaleState, Rule]:
 
 #: TABLE[event kind][current state] -> next state, or STALE / INVALID / BY_AMOUNT / KEEP.
 TABLE: Mapping[EventKind, Mapping[SaleState, Rule]] = {
-    # The checkout opens the history; nothing else can come before it.
-    E.CHECKOUT_CREATED: _row(STALE),
+    # The checkout opens the history (the fold puts it first, whenever it arrived).
+    E.CHECKOUT_CREATED: _row(STALE, pending_payment=S.PENDING_PAYMENT),
     E.PAYMENT_FAILED: _row(STALE, pending_payment=S.FAILED, failed=S.FAILED),
     E.PAYMENT_AUTHORIZED: _row(
         STALE, pending_payment=S.AUTHORIZED, failed=S.AUTHORIZED, authorized=S.AUTHORIZED

@@ -169,6 +169,19 @@ _EXPANDABLE: Final[Mapping[str, frozenset[str]]] = {
     "balance_transaction": frozenset({"source"}),
 }  # fmt: skip
 
+# What an expanded field becomes, where this server holds that type of object.
+_EXPANDS_TO: Final[Mapping[tuple[str, str], str]] = {
+    ("payment_intent", "latest_charge"): "charge",
+    ("charge", "balance_transaction"): "balance_transaction",
+    ("charge", "failure_balance_transaction"): "balance_transaction",
+    ("charge", "payment_intent"): "payment_intent",
+    ("refund", "balance_transaction"): "balance_transaction",
+    ("refund", "failure_balance_transaction"): "balance_transaction",
+    ("refund", "charge"): "charge",
+    ("refund", "payment_intent"): "payment_intent",
+}
+_MAX_EXPAND_DEPTH: Final = 4
+
 _ALPHANUM: Final = string.ascii_letters + string.digits
 
 
@@ -583,23 +596,41 @@ class _Response:
     body: bytes | None = None  # set for idempotent replays: the exact stored bytes
 
 
-_Route = tuple[str, re.Pattern[str], str]
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: str  # name of the StripeServer method
+    answers: str  # object type of the answer ("list:event" for a list), for expand[]
+
+
+_PI = r"/v1/payment_intents/(?P<intent>[^/]+)"
 _ROUTES: Final[tuple[_Route, ...]] = tuple(
-    (method, re.compile(f"^{pattern}$"), handler)
-    for method, pattern, handler in (
-        ("POST", r"/v1/payment_intents", "_create_payment_intent"),
-        ("GET", r"/v1/payment_intents/(?P<intent>[^/]+)", "_retrieve_payment_intent"),
-        ("POST", r"/v1/payment_intents/(?P<intent>[^/]+)", "_update_payment_intent"),
-        ("POST", r"/v1/payment_intents/(?P<intent>[^/]+)/cancel", "_cancel_payment_intent"),
-        ("POST", r"/v1/payment_intents/(?P<intent>[^/]+)/capture", "_capture_payment_intent"),
-        ("POST", r"/v1/refunds", "_create_refund"),
-        ("GET", r"/v1/refunds/(?P<refund>[^/]+)", "_retrieve_refund"),
-        ("GET", r"/v1/charges/(?P<charge>[^/]+)", "_retrieve_charge"),
-        ("GET", r"/v1/balance_transactions/(?P<id>[^/]+)", "_retrieve_balance_transaction"),
-        ("GET", r"/v1/events", "_list_events"),
-        ("GET", r"/v1/events/(?P<id>[^/]+)", "_retrieve_event"),
-        ("POST", r"/_test/payment_intents/(?P<intent>[^/]+)/succeed", "_http_succeed"),
-        ("POST", r"/_test/payment_intents/(?P<intent>[^/]+)/fail", "_http_fail"),
+    _Route(method, re.compile(f"^{pattern}$"), handler, answers)
+    for method, pattern, handler, answers in (
+        ("POST", r"/v1/payment_intents", "_create_payment_intent", "payment_intent"),
+        ("GET", _PI, "_retrieve_payment_intent", "payment_intent"),
+        ("POST", _PI, "_update_payment_intent", "payment_intent"),
+        ("POST", f"{_PI}/cancel", "_cancel_payment_intent", "payment_intent"),
+        ("POST", f"{_PI}/capture", "_capture_payment_intent", "payment_intent"),
+        ("POST", r"/v1/refunds", "_create_refund", "refund"),
+        ("GET", r"/v1/refunds/(?P<refund>[^/]+)", "_retrieve_refund", "refund"),
+        ("GET", r"/v1/charges/(?P<charge>[^/]+)", "_retrieve_charge", "charge"),
+        (
+            "GET",
+            r"/v1/balance_transactions/(?P<id>[^/]+)",
+            "_retrieve_balance_transaction",
+            "balance_transaction",
+        ),
+        ("GET", r"/v1/events", "_list_events", "list:event"),
+        ("GET", r"/v1/events/(?P<id>[^/]+)", "_retrieve_event", "event"),
+        (
+            "POST",
+            r"/_test/payment_intents/(?P<intent>[^/]+)/succeed",
+            "_http_succeed",
+            "payment_intent",
+        ),
+        ("POST", r"/_test/payment_intents/(?P<intent>[^/]+)/fail", "_http_fail", "payment_intent"),
     )
 )
 
@@ -639,6 +670,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's requests session expects
     timeout = 30  # an idle keep-alive connection is closed after this
+    # Headers and body go out in two writes; without this, Nagle's algorithm and
+    # the client's delayed ACK add ~40 ms to every request.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -977,7 +1011,9 @@ class StripeServer:
         key = (headers.get("Idempotency-Key") or None) if method == "POST" else None
         try:
             self._authenticate(headers.get("Authorization"))
-            handler_name, path_args = self._route(method, path)
+            route, path_args = self._route(method, path)
+            # Checked before the handler runs, so that a bad expand changes nothing.
+            _check_expand(params, route.answers)
             if key is not None:
                 replay = self._check_idempotency(account, key, method, path, params)
                 if replay is not None:
@@ -988,7 +1024,7 @@ class StripeServer:
                         body=replay.body,
                     )
             ctx = _Ctx(account, request_id, key)
-            handler = getattr(self, handler_name)
+            handler = getattr(self, route.handler)
             payload = handler(ctx, params, **path_args)
         except StripeApiError as exc:
             return _Response(exc.status, exc.body(), base_headers)
@@ -1025,11 +1061,11 @@ class StripeServer:
             raise StripeApiError(401, f"Invalid API Key provided: {masked}")
 
     @staticmethod
-    def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
-        for route_method, pattern, handler in _ROUTES:
-            match = pattern.match(path)
-            if match and route_method == method:
-                return handler, match.groupdict()
+    def _route(method: str, path: str) -> tuple[_Route, dict[str, str]]:
+        for route in _ROUTES:
+            match = route.pattern.match(path)
+            if match and route.method == method:
+                return route, match.groupdict()
         raise StripeApiError(
             404,
             f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
@@ -1122,33 +1158,27 @@ class StripeServer:
         self._events.append(_Stored(event, account))
 
     def _render(self, obj: JSON, params: JSON, account: str | None) -> JSON:
-        """A copy of `obj` for a response, with `expand[]` applied."""
+        """A copy of `obj` for a response, with `expand[]` (already checked) applied."""
         rendered = copy.deepcopy(obj)
-        expand = params.get("expand")
-        if expand is None:
-            return rendered
-        if not isinstance(expand, list) or not all(isinstance(p, str) for p in expand):
-            raise _invalid("Invalid array: expand must be an array of strings", param="expand")
-        for path in expand:
-            self._expand(rendered, path.split("."), account, path)
+        for path in params.get("expand") or []:
+            self._expand(rendered, path.split("."), account)
         return rendered
 
-    def _expand(self, obj: JSON, path: list[str], account: str | None, full: str) -> None:
+    def _expand(self, obj: JSON, path: list[str], account: str | None) -> None:
         head, rest = path[0], path[1:]
         if obj.get("object") == "list" and head == "data":
             for item in obj["data"]:
                 if rest:
-                    self._expand(item, rest, account, full)
+                    self._expand(item, rest, account)
             return
-        if head not in _EXPANDABLE.get(obj.get("object", ""), frozenset()):
-            raise _invalid(f"This property cannot be expanded ({full}).", param="expand")
         value = obj.get(head)
         if isinstance(value, str):
             stored = self._objects.get(value)
+            # Ids the server does not hold (a customer, an account) stay ids.
             if stored is not None and stored.account == account:
                 obj[head] = value = copy.deepcopy(stored.obj)
         if rest and isinstance(value, dict):
-            self._expand(value, rest, account, full)
+            self._expand(value, rest, account)
 
     # -- payment intents -----------------------------------------------------
 
@@ -1295,32 +1325,47 @@ class StripeServer:
                 f"updated because it has a status of {pi['status']}.",
                 code="payment_intent_unexpected_state",
             )
-        currency = _as_currency(params) or pi["currency"]
-        amount = _as_int(params, "amount") or pi["amount"]
-        _check_amount(amount, currency)
-        pi["amount"], pi["currency"] = amount, currency
-        pi["metadata"] = _as_metadata(params, pi["metadata"])
+        # Everything is validated before anything is applied: a bad update changes nothing.
+        changes: JSON = {
+            "currency": _as_currency(params) or pi["currency"],
+            "amount": _as_int(params, "amount") or pi["amount"],
+            "metadata": _as_metadata(params, pi["metadata"]),
+        }
+        _check_amount(changes["amount"], changes["currency"])
         for name in ("description", "receipt_email", "transfer_group"):
             if name in params:
-                pi[name] = _as_str(params, name)
+                changes[name] = _as_str(params, name)
         for name in ("statement_descriptor", "statement_descriptor_suffix"):
             if name in params:
-                pi[name] = _as_str(params, name, max_len=_STATEMENT_DESCRIPTOR_MAX)
+                changes[name] = _as_str(params, name, max_len=_STATEMENT_DESCRIPTOR_MAX)
+        for name in ("shipping", "transfer_data"):
+            if name in params:
+                changes[name] = params[name] or None
         if "capture_method" in params:
-            pi["capture_method"] = (
+            changes["capture_method"] = (
                 _as_enum(params, "capture_method", ("automatic", "automatic_async", "manual"))
                 or pi["capture_method"]
             )
         if "setup_future_usage" in params:
-            pi["setup_future_usage"] = _as_enum(
+            changes["setup_future_usage"] = _as_enum(
                 params, "setup_future_usage", ("on_session", "off_session")
             )
-        if "payment_method" in params:
-            pi["payment_method"] = _as_str(params, "payment_method")
-            if pi["payment_method"] and pi["status"] == "requires_payment_method":
-                pi["status"] = "requires_confirmation"
+        if "payment_method_types" in params:
+            changes["payment_method_types"] = _as_str_list(params, "payment_method_types")
+            changes["automatic_payment_methods"] = None
         if "application_fee_amount" in params:
-            pi["application_fee_amount"] = _as_int(params, "application_fee_amount")
+            fee = _as_int(params, "application_fee_amount")
+            if fee is not None and not 0 <= fee <= changes["amount"]:
+                raise _invalid(
+                    "application_fee_amount must be between 0 and amount",
+                    param="application_fee_amount",
+                )
+            changes["application_fee_amount"] = fee
+        if "payment_method" in params:
+            changes["payment_method"] = _as_str(params, "payment_method")
+            if changes["payment_method"] and pi["status"] == "requires_payment_method":
+                changes["status"] = "requires_confirmation"
+        pi.update(changes)
         return self._render(pi, params, ctx.account)
 
     def _cancel_payment_intent(self, ctx: _Ctx, params: JSON, intent: str) -> JSON:
@@ -1848,6 +1893,33 @@ class StripeServer:
             page, has_more = selected[:limit], len(selected) > limit
         listing = {"object": "list", "data": page, "has_more": has_more, "url": "/v1/events"}
         return self._render(listing, params, ctx.account)
+
+
+def _check_expand(params: JSON, answers: str) -> None:
+    """Refuse an ``expand[]`` that Stripe would refuse for an answer of type `answers`."""
+    expand = params.get("expand")
+    if expand is None:
+        return
+    if not isinstance(expand, list) or not all(isinstance(p, str) for p in expand):
+        raise _invalid("Invalid array: expand must be an array of strings", param="expand")
+    for path in expand:
+        parts = path.split(".")
+        object_type: str | None = answers
+        if answers.startswith("list:"):
+            if parts[0] != "data":
+                raise _invalid(f"This property cannot be expanded ({path}).", param="expand")
+            object_type, parts = answers.removeprefix("list:"), parts[1:]
+        if len(parts) > _MAX_EXPAND_DEPTH:
+            raise _invalid(
+                f"You cannot expand more than {_MAX_EXPAND_DEPTH} levels of a property ({path}).",
+                param="expand",
+            )
+        for part in parts:
+            if object_type is None:
+                break  # past a type this server does not model; nothing more to check
+            if part not in _EXPANDABLE.get(object_type, frozenset()):
+                raise _invalid(f"This property cannot be expanded ({path}).", param="expand")
+            object_type = _EXPANDS_TO.get((object_type, part))
 
 
 def _created_matches(created: int, condition: Any) -> bool:
