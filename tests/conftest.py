@@ -187,12 +187,12 @@ def committed(engine: Engine) -> Iterator[sessionmaker[Session]]:
     """Real commits, visible to the worker; every table is emptied afterwards."""
     factory = make_session_factory(engine)
     yield factory
-    tables = ", ".join(
-        f'"{t.name}"' for t in metadata.sorted_tables if t.name != "api_keys"
-    )
+    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
-        connection.execute(text("DELETE FROM api_keys WHERE role = 'merchant'"))
+        connection.execute(text(f"TRUNCATE {tables}"))
+    with factory() as session:
+        ensure_operator_key(session, OPERATOR_KEY)
+        session.commit()
 
 
 @pytest.fixture
