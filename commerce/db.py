@@ -39,10 +39,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for PostgreSQL; `postgresql://` URLs are driven by psycopg 3."""
+def normalize_url(url: str) -> str:
+    """`postgresql://` URLs are driven by psycopg 3, the one driver chatledger uses."""
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for PostgreSQL with a pool, pre-ping and statement and lock timeouts."""
+    url = normalize_url(url)
     options: dict[str, Any] = {
         "pool_pre_ping": True,
         "pool_size": 5,

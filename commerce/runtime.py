@@ -6,17 +6,21 @@ domain reads configuration from the environment itself.
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from commerce.db import make_engine, make_session_factory
+from commerce.db import make_engine, make_session_factory, normalize_url
 
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
 
 
 def configure_database(url: str, **engine_options: object) -> sessionmaker[Session]:
+    """Set up the process's engine; the same URL again keeps the engine already there."""
     global _engine, _factory
+    if _engine is not None and _factory is not None and not engine_options:
+        if _engine.url == make_url(normalize_url(url)):
+            return _factory
     if _engine is not None:
         _engine.dispose()
     _engine = make_engine(url, **engine_options)

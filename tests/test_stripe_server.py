@@ -56,8 +56,8 @@ def _client(
 ) -> Iterator[stripe.StripeClient]:
     """The SDK configured as the product configures it, with the server as API base.
 
-    It gets its own http client so that the pooled connections are closed at the
-    end (an unclosed socket is a ResourceWarning, an error under filterwarnings).
+    It gets its own http client so that its pooled connections are closed when the
+    test ends, not whenever the garbage collector gets to them.
     """
     http_client = stripe.RequestsClient()
     try:

@@ -669,7 +669,9 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's requests session expects
-    timeout = 30  # an idle keep-alive connection is closed after this
+    # No idle timeout: closing a keep-alive connection the SDK is about to reuse
+    # would make a request fail at random. stop() closes the idle ones.
+    timeout = None
     # Headers and body go out in two writes; without this, Nagle's algorithm and
     # the client's delayed ACK add ~40 ms to every request.
     disable_nagle_algorithm = True
@@ -981,7 +983,7 @@ class StripeServer:
                 "An unknown error occurred (injected by the Stripe test server)",
                 type="api_error",
             )
-        return _Response(fault.status, error.body(), [("Request-Id", _new_id("req")[:18])])
+        return _Response(fault.status, error.body(), [("Request-Id", "req_" + _random(14))])
 
     def _record(
         self, method: str, path: str, params: JSON, headers: _Headers, response: _Response | _Drop

@@ -1,0 +1,36 @@
+"""Tasks are sent only after the transaction that created their data commits."""
+
+from __future__ import annotations
+
+import pytest
+
+from commerce.db import after_commit, transaction
+
+
+def test_callbacks_run_after_commit_only(committed):
+    ran: list[str] = []
+    with transaction(committed) as session:
+        after_commit(session, lambda: ran.append("sent"))
+        assert ran == []
+    assert ran == ["sent"]
+
+
+def test_callbacks_are_dropped_on_rollback(committed):
+    ran: list[str] = []
+    with pytest.raises(RuntimeError), transaction(committed) as session:
+        after_commit(session, lambda: ran.append("sent"))
+        raise RuntimeError("the request failed")
+    assert ran == []
+    # The next transaction on a new session starts clean.
+    with transaction(committed) as session:
+        pass
+    assert ran == []
+
+
+def test_a_savepoint_rollback_keeps_the_outer_callbacks(committed):
+    ran: list[str] = []
+    with transaction(committed) as session:
+        after_commit(session, lambda: ran.append("outer"))
+        nested = session.begin_nested()
+        nested.rollback()
+    assert ran == ["outer"]
