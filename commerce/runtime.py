@@ -18,9 +18,9 @@ _factory: sessionmaker[Session] | None = None
 def configure_database(url: str, **engine_options: object) -> sessionmaker[Session]:
     """Set up the process's engine; the same URL again keeps the engine already there."""
     global _engine, _factory
-    if _engine is not None and _factory is not None and not engine_options:
-        if _engine.url == make_url(normalize_url(url)):
-            return _factory
+    same_url = _engine is not None and _engine.url == make_url(normalize_url(url))
+    if same_url and _factory is not None and not engine_options:
+        return _factory
     if _engine is not None:
         _engine.dispose()
     _engine = make_engine(url, **engine_options)

@@ -52,7 +52,11 @@ def open_shop(client: FlaskClient, *, amount: int = 1250, currency: str = "USD")
     merchant, key = create_merchant(client)
     conversation = client.post(
         "/v1/conversations",
-        json={"channel": "messenger", "thread_id": "t_" + digits(10), "customer_user_id": digits(16)},
+        json={
+            "channel": "messenger",
+            "thread_id": "t_" + digits(10),
+            "customer_user_id": digits(16),
+        },
         headers=bearer(key),
     )
     assert conversation.status_code == 201, conversation.json

@@ -17,12 +17,17 @@ def test_callbacks_run_after_commit_only(committed):
 
 def test_callbacks_are_dropped_on_rollback(committed):
     ran: list[str] = []
-    with pytest.raises(RuntimeError), transaction(committed) as session:
-        after_commit(session, lambda: ran.append("sent"))
-        raise RuntimeError("the request failed")
+
+    def failing_request() -> None:
+        with transaction(committed) as session:
+            after_commit(session, lambda: ran.append("sent"))
+            raise RuntimeError("the request failed")
+
+    with pytest.raises(RuntimeError):
+        failing_request()
     assert ran == []
     # The next transaction on a new session starts clean.
-    with transaction(committed) as session:
+    with transaction(committed):
         pass
     assert ran == []
 

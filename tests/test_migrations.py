@@ -17,18 +17,24 @@ def test_models_and_migrations_agree(engine):
 
 def test_constraint_names_follow_the_convention(engine):
     with engine.connect() as connection:
-        names = connection.execute(
-            text(
-                "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
-                " WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f', 'c')"
+        names = (
+            connection.execute(
+                text(
+                    "SELECT conname FROM pg_constraint c"
+                    " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f', 'c')"
                     " AND c.conname <> 'alembic_version_pkc'"
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     assert names
     assert all(name.split("_", 1)[0] in {"pk", "uq", "fk", "ck"} for name in names), names
 
 
-@pytest.mark.parametrize("statement", ["UPDATE sale_events SET amount = 1", "DELETE FROM sale_events"])
+@pytest.mark.parametrize(
+    "statement", ["UPDATE sale_events SET amount = 1", "DELETE FROM sale_events"]
+)
 def test_sale_history_is_append_only(client, db, stripe, statement):
     shop = open_shop(client)
     response = client.post(f"/v1/offers/{shop.offer['id']}/checkout", headers=shop.headers)

@@ -61,7 +61,8 @@ def test_browsable_docs_are_served_without_a_cdn(client):
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert "/docs/static/swagger-ui-bundle.js" in html
-    assert "//cdn" not in html and "unpkg" not in html
+    assert "//cdn" not in html
+    assert "unpkg" not in html
     script = client.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200
     assert len(script.get_data()) > 100_000

@@ -51,8 +51,12 @@ def test_happy_path_with_two_partial_refunds():
 
 def test_refunds_adding_up_to_the_capture_make_the_sale_refunded():
     ledger, _ = fold(
-        [CHECKOUT, PAID, fact(E.REFUND_SUCCEEDED, 2, "re_1", 2000),
-         fact(E.REFUND_SUCCEEDED, 3, "re_2", 3000)]
+        [
+            CHECKOUT,
+            PAID,
+            fact(E.REFUND_SUCCEEDED, 2, "re_1", 2000),
+            fact(E.REFUND_SUCCEEDED, 3, "re_2", 3000),
+        ]
     )
     assert ledger.state is S.REFUNDED
     assert ledger.refundable == 0
@@ -136,5 +140,7 @@ def test_every_arrival_order_gives_the_same_result():
     ledger = ledgers[0]
     assert ledger.state is S.DISPUTE_LOST
     assert (ledger.amount_captured, ledger.amount_refunded, ledger.amount_disputed) == (
-        5000, 1000, 4000,
+        5000,
+        1000,
+        4000,
     )
