@@ -21,7 +21,8 @@ def test_constraint_names_follow_the_convention(engine):
             connection.execute(
                 text(
                     "SELECT conname FROM pg_constraint c"
-                    " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f', 'c')"
+                    " JOIN pg_namespace n ON n.oid = c.connamespace"
+                    " WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f', 'c')"
                     " AND c.conname <> 'alembic_version_pkc'"
                 )
             )
