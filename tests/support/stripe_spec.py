@@ -64,7 +64,7 @@ def require_shared_data(name: str) -> Path:
     path = shared_data_path(name)
     if not path.exists():
         pytest.skip(
-            f"Stripe reference data not available: ../shared/data/{name} is absent: "
+            f"reference data not available: ../shared/data/{name} is absent: "
             f"expected at {path}, beside the repository (it is never copied into it)"
         )
     return path
