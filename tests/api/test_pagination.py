@@ -27,7 +27,7 @@ def merchant_with_sales(db):
 
 
 def test_pages_cover_every_sale_once_newest_first(client, merchant_with_sales):
-    merchant, key, count = merchant_with_sales
+    _, key, count = merchant_with_sales
     seen, cursor, pages = [], None, 0
     while True:
         query = {"limit": 10} | ({"cursor": cursor} if cursor else {})
