@@ -17,10 +17,11 @@ from flask import Flask
 from flask_smorest import Api
 
 from app import auth, errors, web
-from app.api import conversations, health, merchants, offers, sales
+from app.api import conversations, health, merchants, offers, partners, sales
 from app.config import ConfigError, Settings
 from commerce import payments, runtime
 from commerce.payments.stripe import StripeProvider
+from webhooks import receive
 
 API_TITLE = "chatledger"
 API_VERSION = "v1"
@@ -80,8 +81,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # 4. Blueprints.
     web.register(app)
     health.register(app)
-    for module in (merchants, conversations, offers, sales):
+    for module in (merchants, partners, conversations, offers, sales):
         api.register_blueprint(module.blp)
+    # The webhook doors: outside /v1 and the OpenAPI document, signed rather than keyed.
+    app.register_blueprint(receive.blp)
 
     # Tasks sent from requests go to the same broker the worker reads.
     from app.worker import create_celery

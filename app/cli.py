@@ -67,8 +67,9 @@ def main() -> None:
 @main.command()
 def run() -> None:
     """Start the web server, a Celery worker and its beat schedule."""
+    import migrations as migrate
     from app.runner import run_service
-    from commerce import migrate, runtime
+    from commerce import runtime
     from commerce.access.services import ensure_operator_key
     from commerce.db import transaction
 
@@ -104,7 +105,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the migrations up to REVISION."""
-    from commerce import migrate
+    import migrations as migrate
 
     with _servers(_settings()) as (database_url, _):
         migrate.upgrade(database_url, revision)
@@ -114,7 +115,7 @@ def db_upgrade(revision: str) -> None:
 @db.command("check")
 def db_check() -> None:
     """Exit non-zero when the models and the migrated database disagree."""
-    from commerce import migrate
+    import migrations as migrate
     from commerce.db import make_engine
 
     with _servers(_settings()) as (database_url, _):
@@ -148,6 +149,98 @@ def keys_create_operator() -> None:
             key, secret = issue_key(session, role=OPERATOR)
         runtime.engine().dispose()
     click.echo(f"{key.id} {secret}")
+
+
+@main.group()
+def webhooks() -> None:
+    """Inbound events."""
+
+
+@webhooks.command("replay")
+@click.argument("inbox_ids", nargs=-1)
+@click.option("--status", type=click.Choice(["failed", "waiting", "ignored"]), default=None)
+@click.option("--source", default=None, help="stripe, partner:<id> or chat:<channel>")
+@click.option("--type", "event_type", default=None, help="an event type, e.g. refund.updated")
+@click.option("--since", type=click.DateTime(), default=None, help="received at or after")
+def webhooks_replay(
+    inbox_ids: tuple[str, ...],
+    status: str | None,
+    source: str | None,
+    event_type: str | None,
+    since: object,
+) -> None:
+    """Process stored events again: by id, or every event matching the filters."""
+    from sqlalchemy import select
+
+    from app.worker import create_celery
+    from commerce import runtime
+    from commerce.db import transaction
+    from webhooks import inbox
+    from webhooks.models import InboxEvent
+
+    settings = _settings()
+    if not inbox_ids and not (status or source or event_type or since):
+        raise click.UsageError("name inbox ids, or filter with --status/--source/--type/--since")
+    with _servers(settings) as (database_url, redis_url):
+        import dataclasses
+
+        create_celery(
+            dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+        ).set_default()
+        with transaction(runtime.configure_database(database_url)) as session:
+            query = select(InboxEvent.id)
+            if inbox_ids:
+                query = query.where(InboxEvent.id.in_(inbox_ids))
+            if status:
+                query = query.where(InboxEvent.status == status)
+            if source:
+                query = query.where(InboxEvent.source == source)
+            if event_type:
+                query = query.where(InboxEvent.event_type == event_type)
+            if since:
+                query = query.where(InboxEvent.received_at >= since)
+            count = inbox.reset_for_replay(session, list(session.scalars(query)))
+    click.echo(f"{count} events sent for processing")
+
+
+@main.group()
+def stripe() -> None:
+    """Stripe."""
+
+
+@stripe.command("backfill")
+@click.option("--since", type=click.DateTime(), required=True, help="events created since (UTC)")
+def stripe_backfill(since: object) -> None:
+    """Fetch Stripe's events since a time and store those the inbox lacks, as if delivered."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from app.worker import create_celery
+    from commerce import runtime
+    from commerce.db import transaction
+    from commerce.payments.stripe import StripeProvider
+    from webhooks.receive import accept_stripe_event
+
+    settings = _settings()
+    if not settings.stripe_api_key:
+        raise click.ClickException("configuration: CHATLEDGER_STRIPE_API_KEY is not set")
+    assert isinstance(since, datetime)
+    start = int(since.replace(tzinfo=since.tzinfo or UTC).timestamp())
+    provider = StripeProvider(settings.stripe_api_key, api_base=settings.stripe_api_base)
+    added = seen = 0
+    with _servers(settings) as (database_url, redis_url):
+        create_celery(
+            dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+        ).set_default()
+        factory = runtime.configure_database(database_url)
+        for event in provider.list_events(since=start):
+            seen += 1
+            with transaction(factory) as session:
+                stored = accept_stripe_event(
+                    session, event, str(event.get("type", "")), headers={"backfill": True}
+                )
+            added += stored.created
+    click.echo(f"{seen} events listed by Stripe, {added} were missing and are now stored")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def _discard_stale_lock_files(pgdata: Path) -> None:
     if found is None or _postmaster_process(pgdata) is not None:
         return
     pid, lines = found
-    log.warning("embedded PostgreSQL: removing stale postmaster.pid (pid %s is gone)", pid)
+    log.warning(
+        "embedded PostgreSQL: removing stale postmaster.pid (pid %s is not its postmaster)", pid
+    )
     (pgdata / "postmaster.pid").unlink(missing_ok=True)
     # Lines 4 and 5 are the port and the socket directory; the socket's lock file holds the
     # same stale PID and would stop the new postmaster just the same.
@@ -356,18 +358,35 @@ def _redis_url(sock: Path, db: int = 0) -> str:
     return f"unix://{quote(str(sock), safe='/')}?db={db}"
 
 
-def _redis_pid(paths: dict[str, Path]) -> psutil.Process | None:
-    """The running redis-server of this data dir (checked by its config path), or None."""
-    child = _redis_children.get(paths["dir"])
+def _redis_process(paths: dict[str, Path]) -> psutil.Process | None:
+    """The running redis-server of this data dir, or None.
+
+    Candidates are our own child, the PID in the pidfile and the PID the server on our socket
+    reports; each is checked to be a live redis-server whose working directory is our Redis
+    dir (Redis chdirs to `dir` at start). Its command line is no proof: Redis rewrites its
+    process title to `redis-server unixsocket:...`, and a stale pidfile's PID may have been
+    reused by an unrelated process.
+    """
     candidates: list[int] = []
+    child = _redis_children.get(paths["dir"])
     if child is not None and child.poll() is None:
         candidates.append(child.pid)
     with contextlib.suppress(OSError, ValueError):
         candidates.append(int(paths["pid"].read_text().strip()))
-    for pid in candidates:
+    with contextlib.suppress(redis.RedisError, OSError):
+        client = redis.Redis(unix_socket_path=str(paths["sock"]), socket_timeout=2)
+        try:
+            candidates.append(int(client.info("server")["process_id"]))  # INFO works while loading
+        finally:
+            client.close()
+    for pid in dict.fromkeys(candidates):
         try:
             proc = psutil.Process(pid)
-            if proc.status() != psutil.STATUS_ZOMBIE and str(paths["conf"]) in proc.cmdline():
+            if (
+                proc.status() != psutil.STATUS_ZOMBIE
+                and proc.name().startswith("redis-server")
+                and Path(proc.cwd()) == paths["dir"]
+            ):
                 return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -416,7 +435,7 @@ def _start_redis(data_dir: Path, timeout: float) -> tuple[str, bool]:
     paths = _redis_paths(data_dir)
     paths["dir"].mkdir(mode=0o700, exist_ok=True)
     with _data_dir_lock(data_dir):
-        running = _redis_pid(paths)
+        running = _redis_process(paths)
         if running is not None:
             # Left over from a run that died, or started by another chatledger process on this
             # data dir: use it (it may still be replaying its AOF, hence the wait).
@@ -466,13 +485,13 @@ def stop_redis(data_dir: Path, *, timeout: float = STOP_TIMEOUT) -> None:
         return
     paths = _redis_paths(data_dir)
     with _data_dir_lock(data_dir):
-        proc = _redis_pid(paths)
+        proc = _redis_process(paths)
         child = _redis_children.pop(paths["dir"], None)
+        if proc is None and child is not None and child.poll() is None:
+            proc = psutil.Process(child.pid)  # ours but not identifiable yet: stop it anyway
         if proc is not None:
             _terminate(proc, child, timeout=timeout)
             log.info("embedded Redis stopped (pid %s)", proc.pid)
-        elif child is not None:
-            child.wait()  # already dead: reap it
 
 
 def _terminate(
@@ -489,6 +508,8 @@ def _terminate(
             child.kill()
             child.wait()
         return
+    if child is not None:
+        child.poll()  # a dead child of ours that is not the server: reap it
     # Started by another (possibly dead) process: not our child, psutil polls for its exit.
     with contextlib.suppress(psutil.NoSuchProcess):
         proc.terminate()

@@ -20,7 +20,7 @@ from commerce.payments.stripe import StripeProvider
 
 #: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
 LONGEST_COUNTDOWN = timedelta(hours=1)
-TASK_MODULES = ["commerce.sales.tasks"]
+TASK_MODULES = ["commerce.sales.tasks", "webhooks.tasks"]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -51,6 +51,10 @@ def create_celery(settings: Settings) -> Celery:
             "sweep-requested-refunds": {
                 "task": "sales.sweep_requested_refunds",
                 "schedule": 60.0,
+            },
+            "sweep-inbox": {
+                "task": "webhooks.sweep",
+                "schedule": 15.0,
             },
             "sync-unsettled-payments": {
                 "task": "sales.sync_unsettled_payments",

@@ -23,6 +23,12 @@ PREFIXES = {
     "sale": "sale",
     "sale_event": "sev",
     "refund": "rfd",
+    "inbox_event": "inb",
+    "partner": "prt",
+    "agreement": "agr",
+    "card_ref": "crd",
+    "card_transaction": "ctx",
+    "consent": "cns",
 }
 
 ID_PATTERN = re.compile(r"^[a-z]{3,4}_[0-9A-Za-z]{22}$")

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 from commerce.access.models import ApiKey, IdempotencyRecord
+from commerce.cards.models import CardAlias, CardRef, CardTransaction
 from commerce.chat.models import Conversation, Customer
+from commerce.consent.models import BalanceSnapshot, Consent
 from commerce.db import Base
 from commerce.merchants.models import ChatPage, Merchant, MerchantMid
 from commerce.offers.models import Offer, Touchpoint
+from commerce.partners.models import Agreement, Partner, PartnerSecret
+from commerce.payouts.models import Payout
 from commerce.sales.models import Refund, Sale, SaleEvent
 
 metadata = Base.metadata
 
 __all__ = [
+    "Agreement",
     "ApiKey",
+    "BalanceSnapshot",
+    "CardAlias",
+    "CardRef",
+    "CardTransaction",
     "ChatPage",
+    "Consent",
     "Conversation",
     "Customer",
     "IdempotencyRecord",
     "Merchant",
     "MerchantMid",
     "Offer",
+    "Partner",
+    "PartnerSecret",
+    "Payout",
     "Refund",
     "Sale",
     "SaleEvent",

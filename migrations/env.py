@@ -1,11 +1,11 @@
-"""Alembic environment: targets commerce.db.Base.metadata with every model imported."""
+"""Alembic environment: targets the metadata of every model (migrations.metadata)."""
 
 from __future__ import annotations
 
 from alembic import context
 
 from commerce.db import make_engine
-from commerce.models import metadata
+from migrations import metadata
 
 config = context.config
 
@@ -24,7 +24,7 @@ def run_migrations_online() -> None:
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
-        target_metadata=metadata,
+        target_metadata=metadata(),
         compare_type=True,
         compare_server_default=True,
         transaction_per_migration=True,

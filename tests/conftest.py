@@ -34,15 +34,22 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from commerce import migrate, runtime
+import migrations as migrate
+from commerce import runtime
 from commerce.access.services import ensure_operator_key
 from commerce.db import make_session_factory
-from commerce.models import metadata
 from tests.support.stripe_server import StripeServer
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR_KEY = "ck_op_tests_" + "o" * 32
 STRIPE_KEY = "sk_test_chatledgertests"
+#: Two active Stripe webhook secrets, as during a rotation.
+STRIPE_WEBHOOK_SECRETS = ("whsec_current_chatledger_tests", "whsec_previous_chatledger_tests")
+CHAT_APP_SECRET = "chat-app-secret-for-tests"
+CHAT_VERIFY_TOKEN = "chat-verify-token-for-tests"
+CARD_KEYS = "v2:" + "Y2hhdGxlZGdlci10ZXN0cy1jYXJkLWtleS12ZXJzaW9uLTI=" + ",v1:" + (
+    "Y2hhdGxlZGdlci10ZXN0cy1jYXJkLWtleS12ZXJzaW9uLTE="
+)
 #: The Redis database the suite uses on a shared server, flushed at the start of the run.
 TEST_REDIS_DB = 15
 
@@ -112,6 +119,10 @@ def settings(servers: Servers, stripe_server: StripeServer, tmp_path_factory) ->
             "CHATLEDGER_STRIPE_API_KEY": STRIPE_KEY,
             "CHATLEDGER_STRIPE_API_BASE": stripe_server.url,
             "CHATLEDGER_RATE_LIMIT_PER_MINUTE": "100000",
+            "CHATLEDGER_STRIPE_WEBHOOK_SECRETS": ",".join(STRIPE_WEBHOOK_SECRETS),
+            "CHATLEDGER_CHAT_APP_SECRET": CHAT_APP_SECRET,
+            "CHATLEDGER_CHAT_VERIFY_TOKEN": CHAT_VERIFY_TOKEN,
+            "CHATLEDGER_CARD_KEYS": CARD_KEYS,
         }
     )
 
@@ -128,6 +139,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CHATLEDGER_STRIPE_API_KEY": settings.stripe_api_key or "",
             "CHATLEDGER_STRIPE_API_BASE": settings.stripe_api_base or "",
             "CHATLEDGER_RATE_LIMIT_PER_MINUTE": str(settings.rate_limit_per_minute),
+            "CHATLEDGER_STRIPE_WEBHOOK_SECRETS": ",".join(STRIPE_WEBHOOK_SECRETS),
+            "CHATLEDGER_CHAT_APP_SECRET": CHAT_APP_SECRET,
+            "CHATLEDGER_CHAT_VERIFY_TOKEN": CHAT_VERIFY_TOKEN,
+            "CHATLEDGER_CARD_KEYS": CARD_KEYS,
         }
     )
     return env
@@ -187,7 +202,7 @@ def committed(engine: Engine) -> Iterator[sessionmaker[Session]]:
     """Real commits, visible to the worker; every table is emptied afterwards."""
     factory = make_session_factory(engine)
     yield factory
-    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    tables = ", ".join(f'"{t.name}"' for t in migrate.metadata().sorted_tables)
     with engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {tables}"))
     with factory() as session:

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from commerce import migrate
+import migrations as migrate
 from tests.helpers import open_shop
 
 

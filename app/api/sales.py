@@ -63,6 +63,8 @@ class SaleSummarySchema(Schema):
     amount_refunded = fields.Integer()
     amount_disputed = fields.Integer()
     payment_intent_id = fields.String(allow_none=True)
+    card_brand = fields.String(allow_none=True)
+    card_last4 = fields.String(allow_none=True)
     created_at = Timestamp()
     updated_at = Timestamp()
 

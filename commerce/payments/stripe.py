@@ -7,7 +7,7 @@ decimals (an amount in whole krónur times 100), though ISO gives them none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import stripe
@@ -123,6 +123,18 @@ class StripeProvider:
             amount=from_stripe_amount(refund.amount, currency),
             failure_reason=getattr(refund, "failure_reason", None),
         )
+
+    def list_events(
+        self, *, since: int, connected_account: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every event Stripe still holds (30 days) created at or after `since`, oldest last,
+        as plain dictionaries shaped like a webhook's body."""
+        options = {"stripe_account": connected_account} if connected_account else {}
+        page = self._call(
+            self._client.v1.events.list, {"created": {"gte": since}, "limit": 100}, options
+        )
+        for event in page.auto_paging_iter():
+            yield event.to_dict()
 
     @staticmethod
     def _options(idempotency_key: str, connected_account: str | None) -> dict[str, str]:

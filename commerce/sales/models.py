@@ -59,6 +59,10 @@ class Sale(Base):
     payment_intent_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     #: What the chat needs to collect payment; not a card secret, but never logged.
     client_secret: Mapped[str | None] = mapped_column(String(255))
+    #: The card that paid, as chatledger knows it (never its number), from the charge.
+    card_ref_id: Mapped[str | None] = mapped_column(ForeignKey("card_refs.id"), index=True)
+    card_brand: Mapped[str | None] = mapped_column(String(20))
+    card_last4: Mapped[str | None] = mapped_column(String(4))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

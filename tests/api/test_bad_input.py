@@ -111,24 +111,49 @@ def target(request: pytest.FixtureRequest, client: FlaskClient, stripe: StripeSe
     shop = open_shop(client)
     if name == "conversation":
         return Target(
-            name, "/v1/conversations", shop.headers, _conversation_body, "conversations",
-            "thread_id", 128,
+            name,
+            "/v1/conversations",
+            shop.headers,
+            _conversation_body,
+            "conversations",
+            "thread_id",
+            128,
         )
     if name == "offer":
         return Target(
-            name, f"/v1/conversations/{shop.conversation['id']}/offers", shop.headers,
-            _offer_body, "offers", "title", 200, amount_field="amount", currency_field="currency",
+            name,
+            f"/v1/conversations/{shop.conversation['id']}/offers",
+            shop.headers,
+            _offer_body,
+            "offers",
+            "title",
+            200,
+            amount_field="amount",
+            currency_field="currency",
         )
     if name == "touchpoint":
         return Target(
-            name, f"/v1/offers/{shop.offer['id']}/touchpoints", shop.headers, _touchpoint_body,
-            "touchpoints", "external_id", 128, nullable=frozenset({"external_id", "occurred_at"}),
+            name,
+            f"/v1/offers/{shop.offer['id']}/touchpoints",
+            shop.headers,
+            _touchpoint_body,
+            "touchpoints",
+            "external_id",
+            128,
+            nullable=frozenset({"external_id", "occurred_at"}),
         )
     if name == "refund":
         sale = paid_sale(client, stripe, shop)
         return Target(
-            name, f"/v1/sales/{sale['id']}/refunds", shop.headers, _refund_body, "refunds",
-            "reason", None, amount_field="amount", nullable=frozenset({"amount", "reason"}),
+            name,
+            f"/v1/sales/{sale['id']}/refunds",
+            shop.headers,
+            _refund_body,
+            "refunds",
+            "reason",
+            None,
+            amount_field="amount",
+            nullable=frozenset({"amount", "reason"}),
         )
     raise AssertionError(f"unknown target {name!r}")
 
@@ -187,9 +212,9 @@ def assert_problem(
     for key in ("type", "title", "status", "detail"):
         assert key in body, (key, body)
     assert body["status"] == response.status_code, body
-    assert isinstance(body["type"], str) and body["type"], body
-    assert isinstance(body["title"], str) and body["title"], body
-    assert isinstance(body["detail"], str) and body["detail"], body
+    for key in ("type", "title", "detail"):
+        assert isinstance(body[key], str), body
+        assert body[key].strip(), body
     for leak in LEAKS:
         assert leak not in text, (leak, text[:500])
     if error_field is not None:
@@ -276,7 +301,11 @@ def test_wrong_content_type_is_415(
 ) -> None:
     # The body is valid JSON: only the declared type is wrong.
     assert_refused(
-        client, db, target, json.dumps(target.valid()).encode(), status=415,
+        client,
+        db,
+        target,
+        json.dumps(target.valid()).encode(),
+        status=415,
         content_type=content_type,
     )
 
@@ -310,9 +339,7 @@ def test_body_over_the_limit_is_413(
         pytest.param('[{"a":' * 2000 + "[]" + "}]" * 2000, id="mixed-4000"),
     ],
 )
-def test_deeply_nested_json(
-    client: FlaskClient, db: Session, target: Target, nested: str
-) -> None:
+def test_deeply_nested_json(client: FlaskClient, db: Session, target: Target, nested: str) -> None:
     assert_refused(client, db, target, with_raw(target.valid(), target.text_field, nested))
 
 
@@ -412,9 +439,7 @@ def test_invalid_utf8(client: FlaskClient, db: Session, target: Target, raw: byt
 
 
 @every_target
-@pytest.mark.parametrize(
-    "document", ["[]", "[{}]", '"text"', "1", "true", "null", "0.5"]
-)
+@pytest.mark.parametrize("document", ["[]", "[{}]", '"text"', "1", "true", "null", "0.5"])
 def test_body_that_is_not_an_object(
     client: FlaskClient, db: Session, target: Target, document: str
 ) -> None:
@@ -487,7 +512,7 @@ def test_string_at_its_limit_is_accepted(client: FlaskClient, db: Session, targe
 
 
 @every_target
-@pytest.mark.parametrize("char", ["\x01", "\x1b", "\x7f\x00"[:1] + "\x08", "\r"])
+@pytest.mark.parametrize("char", ["\x01", "\x08", "\x1b", "\r"])
 def test_control_characters_in_strings(
     client: FlaskClient, db: Session, target: Target, char: str
 ) -> None:
@@ -570,9 +595,7 @@ def test_amount_bounds_are_inclusive(
 @only("refund")
 def test_refund_above_what_was_paid(client: FlaskClient, db: Session, target: Target) -> None:
     """The sale is 1250 cents: 1251 is within the currency's bounds but not refundable."""
-    assert_refused(
-        client, db, target, json.dumps({"amount": 1251}).encode(), error_field="amount"
-    )
+    assert_refused(client, db, target, json.dumps({"amount": 1251}).encode(), error_field="amount")
 
 
 @only("offer")
@@ -625,9 +648,7 @@ def test_lowercase_currency_is_accepted(
 
 
 @only("offer")
-def test_valid_surrogate_pair_is_accepted(
-    client: FlaskClient, db: Session, target: Target
-) -> None:
+def test_valid_surrogate_pair_is_accepted(client: FlaskClient, db: Session, target: Target) -> None:
     """Control for the lone-surrogate cases: an escaped pair is an ordinary character."""
     data = with_raw(target.valid(), "title", r'"Cold brew \ud83d\ude00"')
     response = send(client, target, data)
@@ -677,21 +698,25 @@ OTHER_FIELDS: list[Any] = [
     pytest.param("merchant", "mids", [str(i) for i in range(101)], id="merchant-mids-too-many"),
     pytest.param("merchant", "mids", "123", id="merchant-mids-not-a-list"),
     pytest.param(
-        "merchant", "chat_pages", [{"channel": "messenger", "page_id": "p" * 65}],
+        "merchant",
+        "chat_pages",
+        [{"channel": "messenger", "page_id": "p" * 65}],
         id="merchant-page-id-long",
     ),
     pytest.param(
-        "merchant", "chat_pages", [{"channel": "fax", "page_id": "1"}],
+        "merchant",
+        "chat_pages",
+        [{"channel": "fax", "page_id": "1"}],
         id="merchant-page-channel-unknown",
     ),
     pytest.param(
-        "merchant", "chat_pages", [{"channel": "messenger", "page_id": "1", "x": 1}],
+        "merchant",
+        "chat_pages",
+        [{"channel": "messenger", "page_id": "1", "x": 1}],
         id="merchant-page-unknown-field",
     ),
     pytest.param("merchant", "stripe_account", "acct_" + "a" * 65, id="merchant-stripe-account-70"),
-    pytest.param(
-        "merchant", "stripe_account", "acct_" + "a" * 64, id="merchant-stripe-account-69"
-    ),
+    pytest.param("merchant", "stripe_account", "acct_" + "a" * 64, id="merchant-stripe-account-69"),
     pytest.param("merchant", "stripe_account", "cus_123", id="merchant-stripe-account-not-acct"),
 ]
 
@@ -747,11 +772,38 @@ def test_duplicate_key_names_the_field(client: FlaskClient, db: Session, target:
 # --------------------------------------------------------------------------
 
 
+#: A valid body for each POST route that takes an id, by the end of its rule: the answer
+#: must be about the id, not about a missing field.
+ROUTE_BODIES: dict[str, dict[str, Any] | None] = {
+    "/offers": _offer_body(),
+    "/touchpoints": _touchpoint_body(),
+    "/refunds": {"amount": 100},
+    "/checkout": None,
+    "/sync": None,
+}
+
+
+def _route_body(method: str, rule: str) -> dict[str, Any] | None:
+    if method != "POST":
+        return None
+    for suffix, body in ROUTE_BODIES.items():
+        if rule.endswith(suffix):
+            return body
+    raise AssertionError(f"no valid body known for POST {rule}: add it to ROUTE_BODIES")
+
+
+#: The merchant routes' id converters. (Operator routes and any route with another
+#: converter are swept for ownership and keys in test_isolation.py.)
+MERCHANT_ID_CONVERTERS = {"conversation_id", "offer_id", "sale_id"}
+
+
 def _id_routes(app: Flask) -> list[tuple[str, str, str]]:
-    """(method, rule, converter name) for every /v1 rule with a converter."""
+    """(method, rule, converter name) for every /v1 rule with a merchant id converter."""
     found = []
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/v1/") or not rule.arguments:
+            continue
+        if not rule.arguments <= MERCHANT_ID_CONVERTERS:
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             found.append((method, rule.rule, next(iter(rule.arguments))))
@@ -775,14 +827,15 @@ def test_malformed_ids_in_the_path_answer_404(
 ) -> None:
     shop = open_shop(client)
     routes = _id_routes(app)
-    assert routes, "no /v1 route takes an id"
+    assert len(routes) >= 8, routes
     before = row_counts(db)
     failures = []
     for method, rule, name in routes:
         path = re.sub(r"<[^>]+>", raw_id, rule)
         kwargs: dict[str, Any] = {"headers": shop.headers}
-        if method == "POST":
-            kwargs["json"] = {}
+        body = _route_body(method, rule)
+        if body is not None:
+            kwargs["json"] = body
         response = client.open(path, method=method, **kwargs)
         try:
             assert_problem(response, 404)
@@ -815,14 +868,9 @@ def _cursor(document: Any) -> str:
             {"cursor": _cursor(["2020-01-01T00:00:00+00:00", "sale_\ud800"])},
             id="cursor-lone-surrogate",
         ),
-        pytest.param(
-            {"cursor": _cursor(["2020-01-01T00:00:00\u0000", "sale_x"])}, id="cursor-nul-in-time"
-        ),
     ],
 )
-def test_bad_list_queries_are_400(
-    client: FlaskClient, db: Session, query: dict[str, str]
-) -> None:
+def test_bad_list_queries_are_400(client: FlaskClient, db: Session, query: dict[str, str]) -> None:
     shop = open_shop(client)
     name = next(iter(query))
     response = client.get("/v1/sales", query_string=query, headers=shop.headers)

@@ -1,0 +1,51 @@
+"""Card references: one identity per card, found through any of its aliases."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from commerce.cards.models import CardAlias, CardRef
+from commerce.ids import new_id
+
+
+def card_ref_for(
+    session: Session,
+    *,
+    kind: str,
+    value: str,
+    scope: str = "",
+    brand: str | None = None,
+    last4: str | None = None,
+    key_version: str | None = None,
+) -> CardRef:
+    """The card known by this alias, created on first sight.
+
+    Two deliveries naming a new card at once create one reference: the alias row is
+    inserted with ON CONFLICT DO NOTHING and whichever reference won is read back.
+    """
+    existing = session.scalars(
+        select(CardRef)
+        .join(CardAlias, CardAlias.card_ref_id == CardRef.id)
+        .where(CardAlias.kind == kind, CardAlias.scope == scope, CardAlias.value == value)
+    ).one_or_none()
+    if existing is not None:
+        return existing
+    ref = CardRef(id=new_id("card_ref"), brand=brand, last4=last4)
+    session.add(ref)
+    session.flush()
+    session.execute(
+        insert(CardAlias)
+        .values(card_ref_id=ref.id, kind=kind, scope=scope, value=value, key_version=key_version)
+        .on_conflict_do_nothing(index_elements=[CardAlias.kind, CardAlias.scope, CardAlias.value])
+    )
+    winner = session.scalars(
+        select(CardRef)
+        .join(CardAlias, CardAlias.card_ref_id == CardRef.id)
+        .where(CardAlias.kind == kind, CardAlias.scope == scope, CardAlias.value == value)
+    ).one()
+    if winner.id != ref.id:
+        session.delete(ref)
+        session.flush()
+    return winner

@@ -1,0 +1,81 @@
+"""Partner notifications (SPEC section 6) -> card transactions, consents, balances.
+
+The door has already refused events outside an agreement in force; the agreement is
+checked again here because it may have ended while the event waited in the inbox.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from commerce.cards.transactions import record_card_transaction
+from commerce.consent.services import apply_consent, record_balance
+from commerce.errors import InvalidInput
+from commerce.partners.services import agreement_in_force
+from webhooks.inbox import Ignored, handles
+from webhooks.models import InboxEvent
+
+TRANSACTION_KINDS = {
+    "transaction.authorized": "authorized",
+    "transaction.cleared": "cleared",
+    "transaction.reversed": "reversed",
+    "transaction.refunded": "refunded",
+    "transaction.chargeback": "chargeback",
+}
+
+#: The agreement scope each event type needs; None: any agreement in force.
+SCOPE_OF: dict[str, str | None] = {
+    **dict.fromkeys(TRANSACTION_KINDS, "transactions"),
+    "balance.updated": "balances",
+    "consent.granted": None,
+    "consent.revoked": None,
+}
+
+
+def _time(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidInput({field: ["Must be an RFC 3339 time."]})
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput({field: ["Must be an RFC 3339 time."]}) from None
+    if parsed.tzinfo is None:
+        raise InvalidInput({field: ["Must carry a time zone."]})
+    return parsed
+
+
+@handles("partner")
+def handle(session: Session, row: InboxEvent) -> None:
+    partner_id = row.source.split(":", 1)[1]
+    body = row.payload
+    data = body.get("data") or {}
+    if row.event_type not in SCOPE_OF:
+        raise Ignored(f"{row.event_type} is not a partner event chatledger keeps")
+    agreement = agreement_in_force(session, partner_id, scope=SCOPE_OF[row.event_type])
+    if agreement is None:
+        raise Ignored("no agreement in force covers this event any more")
+    created = _time(body.get("created"), "created")
+
+    if row.event_type in TRANSACTION_KINDS:
+        record_card_transaction(
+            session,
+            partner_id=partner_id,
+            kind=TRANSACTION_KINDS[row.event_type],
+            data=data,
+            occurred_at=_time(data.get("occurred_at"), "data.occurred_at"),
+            purposes=agreement.purposes,
+            inbox_event_id=row.id,
+        )
+    elif row.event_type == "balance.updated":
+        record_balance(session, partner_id=partner_id, data=data, purposes=agreement.purposes)
+    else:
+        apply_consent(
+            session,
+            partner_id=partner_id,
+            granted=row.event_type == "consent.granted",
+            data=data,
+            as_of=created,
+        )

@@ -1,0 +1,268 @@
+"""Storing events in the inbox, and processing one of them exactly once.
+
+Storing: INSERT .. ON CONFLICT DO NOTHING on (source, event id), so twenty copies
+of one event arriving at once make one row, and every copy gets a 2xx. The task
+that processes the row is sent after the commit, with the row's id only.
+
+Processing: the row is locked, the source's handler runs, and the row is marked
+processed, all in one transaction. A worker that dies half-way leaves nothing
+behind (the transaction rolls back and the late-acknowledged task is delivered
+again); a second delivery of the task finds the row processed and does nothing.
+A handler that fails leaves the row `failed` with its error, written in a
+transaction of its own so the rollback does not take the error with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from commerce.cards.scrub import mask
+from commerce.db import after_commit, transaction, utcnow
+from commerce.ids import new_id
+from webhooks.models import InboxEvent
+
+log = logging.getLogger(__name__)
+
+#: After this many failed attempts an event stays `failed` until replayed by hand.
+MAX_ATTEMPTS = 12
+#: A waiting event gives up (becomes `ignored`) when what it waits for has not appeared by then.
+MAX_WAIT = timedelta(days=3)
+
+
+class Waiting(Exception):
+    # An outcome rather than an error: the event is fine, its subject is not there yet.
+    """The event refers to something not known yet; `key` names it (`payment_intent:pi_1`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class Ignored(Exception):
+    """The event is about nothing chatledger keeps; processed with nothing to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    id: str
+    created: bool
+    status: str
+
+
+Handler = Callable[[Session, InboxEvent], None]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def handles(source_prefix: str) -> Callable[[Handler], Handler]:
+    """Register the handler for events whose source is `source_prefix` or starts with it + ':'."""
+
+    def register(handler: Handler) -> Handler:
+        _HANDLERS[source_prefix] = handler
+        return handler
+
+    return register
+
+
+def _handler_for(source: str) -> Handler:
+    prefix = source.split(":", 1)[0]
+    if prefix not in _HANDLERS:
+        # Import the handlers on first use: the worker and the replay command need them.
+        import webhooks.handlers  # noqa: F401
+    return _HANDLERS[prefix]
+
+
+def store(
+    session: Session,
+    *,
+    source: str,
+    event_id: str,
+    event_type: str,
+    payload: Any,
+    headers: Mapping[str, Any] | None = None,
+    occurred_at: datetime | None = None,
+    status: str = "pending",
+    error: str | None = None,
+) -> Stored:
+    """Insert the event unless (source, event id) is already there; send it for processing
+    after the commit when it is new and pending."""
+    new = new_id("inbox_event")
+    inserted = session.execute(
+        insert(InboxEvent)
+        .values(
+            id=new,
+            source=source,
+            event_id=event_id,
+            event_type=event_type[:64],
+            payload=payload,
+            headers=dict(headers or {}),
+            occurred_at=occurred_at,
+            status=status,
+            last_error=error,
+        )
+        .on_conflict_do_nothing(index_elements=[InboxEvent.source, InboxEvent.event_id])
+        .returning(InboxEvent.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        existing = session.execute(
+            select(InboxEvent.id, InboxEvent.status).where(
+                InboxEvent.source == source, InboxEvent.event_id == event_id
+            )
+        ).one()
+        return Stored(existing.id, created=False, status=existing.status)
+    if status == "pending":
+        enqueue(session, inserted)
+    return Stored(inserted, created=True, status=status)
+
+
+def enqueue(session: Session, inbox_id: str) -> None:
+    """Send the processing task once the transaction commits. If the broker is down the
+    event stays `pending` and the periodic sweep sends it: accepted events are never lost."""
+    from webhooks import tasks
+
+    def send() -> None:
+        try:
+            tasks.process_event.apply_async(args=[inbox_id])
+        except Exception:  # the broker's errors vary by transport; the sweep covers all of them
+            log.warning("inbox event %s not queued; the sweep will send it", inbox_id)
+
+    after_commit(session, send)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential backoff with full jitter: 2 s, 4 s, ... capped at 30 minutes."""
+    ceiling = min(2 ** max(attempts, 1), 1800)
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+def process(factory: sessionmaker[Session], inbox_id: str) -> str | None:
+    """Run the handler for one inbox event, exactly once; returns the status it ends in."""
+    try:
+        with transaction(factory) as session:
+            event = session.scalars(
+                select(InboxEvent)
+                .where(InboxEvent.id == inbox_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).one_or_none()
+            if event is None:
+                return None
+            if event.status in ("processed", "refused", "ignored"):
+                return event.status
+            event.attempts += 1
+            try:
+                # A savepoint, so a Waiting or Ignored outcome undoes the handler's partial work
+                # while the row's own bookkeeping below still commits.
+                with session.begin_nested():
+                    _handler_for(event.source)(session, event)
+            except Waiting as waiting:
+                _wait(event, waiting.key)
+                return event.status
+            except Ignored as ignored:
+                event.status = "ignored"
+                event.last_error = mask(str(ignored))[:2000]
+                event.processed_at = utcnow()
+                return event.status
+            event.status = "processed"
+            event.processed_at = utcnow()
+            event.waiting_for = None
+            event.last_error = None
+            return event.status
+    except Exception as exc:
+        _record_failure(factory, inbox_id, exc)
+        raise
+
+
+def _wait(event: InboxEvent, key: str) -> None:
+    if utcnow() - event.received_at > MAX_WAIT:
+        event.status = "ignored"
+        event.last_error = f"gave up waiting for {key}"
+        event.processed_at = utcnow()
+        return
+    event.status = "waiting"
+    event.waiting_for = key[:128]
+    event.next_attempt_at = utcnow() + backoff(event.attempts)
+
+
+def _record_failure(factory: sessionmaker[Session], inbox_id: str, exc: Exception) -> None:
+    """Keep the error on the row, outside the transaction that rolled back."""
+    # The trace is masked: a card number must not reach storage through an error message.
+    detail = mask("".join(traceback.format_exception_only(type(exc), exc)).strip())[:2000]
+    with transaction(factory) as session:
+        event = session.get(InboxEvent, inbox_id, with_for_update=True)
+        if event is None or event.status == "processed":
+            return
+        event.attempts += 1
+        event.status = "failed"
+        event.last_error = detail
+        event.next_attempt_at = utcnow() + backoff(event.attempts)
+
+
+def wake(session: Session, key: str) -> int:
+    """Make events waiting for `key` due now; they are sent after the commit."""
+    ids = list(
+        session.scalars(
+            update(InboxEvent)
+            .where(InboxEvent.waiting_for == key, InboxEvent.status == "waiting")
+            .values(next_attempt_at=utcnow())
+            .returning(InboxEvent.id)
+        )
+    )
+    for inbox_id in ids:
+        enqueue(session, inbox_id)
+    return len(ids)
+
+
+def due(session: Session, *, now: datetime, grace: timedelta, limit: int = 500) -> list[str]:
+    """Unfinished events whose next attempt is due, leased so one sweep sends each once.
+
+    `grace` leaves a just-stored event to the task its door sent; the lease pushes
+    `next_attempt_at` forward, so a second sweep does not send it again at once.
+    """
+    rows = session.scalars(
+        select(InboxEvent.id)
+        .where(
+            or_(
+                InboxEvent.status.in_(("pending", "waiting")),
+                (InboxEvent.status == "failed") & (InboxEvent.attempts < MAX_ATTEMPTS),
+            ),
+            InboxEvent.next_attempt_at <= now - grace,
+        )
+        .order_by(InboxEvent.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if rows:
+        session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id.in_(rows))
+            .values(next_attempt_at=now + timedelta(minutes=5))
+        )
+    return list(rows)
+
+
+def reset_for_replay(session: Session, inbox_ids: list[str]) -> int:
+    """Put failed, waiting or ignored events back to `pending` and send them again."""
+    ids = list(
+        session.scalars(
+            update(InboxEvent)
+            .where(
+                InboxEvent.id.in_(inbox_ids),
+                InboxEvent.status.in_(("failed", "waiting", "ignored", "pending")),
+            )
+            .values(status="pending", next_attempt_at=utcnow(), attempts=0)
+            .returning(InboxEvent.id)
+        )
+    )
+    for inbox_id in ids:
+        enqueue(session, inbox_id)
+    return len(ids)
