@@ -1,7 +1,7 @@
 # chatledger: set up and run on a fresh machine (SPEC section 8).
 #
 #   make run     create .venv if needed, install, start the service on the embedded default
-#   make test    create .venv if needed, install, run the whole test suite
+#   make test    create .venv if needed, install, check lint, run the whole test suite
 #   make lint    ruff
 #   make bench   the touchpoint benchmark
 #   make clean   remove .venv and var/ (the embedded servers' data: stop `make run` first)
@@ -31,9 +31,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/chatledger run
 
-# pytest's own exit status reaches the caller through make (as "Error N", make exits 2); that
-# includes 5, "no tests collected", which counts as a failure.
+# Lint first: the rules carry design decisions (commerce/ never imports flask, app or
+# webhooks). pytest's own exit status reaches the caller through make (as "Error N", make
+# exits 2); that includes 5, "no tests collected", which counts as a failure.
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

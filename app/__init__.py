@@ -11,6 +11,7 @@ Order matters and is kept here in one place:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from flask import Flask
@@ -20,6 +21,8 @@ from app import auth, errors, web
 from app.api import conversations, health, merchants, offers, partners, sales
 from app.config import ConfigError, Settings
 from commerce import payments, runtime
+from commerce.errors import NotFound
+from commerce.ids import ID_PATTERN
 from commerce.payments.stripe import StripeProvider
 from webhooks import receive
 
@@ -90,6 +93,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.worker import create_celery
 
     create_celery(settings).set_default()
+
+    # Ids in the path are checked for shape before any view runs: a malformed one (a NUL, a
+    # 10 kB string) answers the same 404 as an id that does not exist, and never reaches SQL.
+    @app.url_value_preprocessor
+    def check_path_ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        for name, value in (values or {}).items():
+            if name.endswith("_id") and not ID_PATTERN.match(str(value)):
+                raise NotFound(name.removesuffix("_id"))
 
     # 5. Error handlers, after flask-smorest's own so that ours win.
     errors.register(app)

@@ -111,6 +111,32 @@ merchant_only = _guarded(MERCHANT)
 operator_only = _guarded(OPERATOR)
 
 
+def _redacted(body: Any, secrets: tuple[str, ...]) -> Any:
+    """The body without the named secret fields (dotted paths), for storage."""
+    if not secrets or not isinstance(body, dict):
+        return body
+    copy = json.loads(json.dumps(body))
+    for path in secrets:
+        *parents, last = path.split(".")
+        node = copy
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            node[last] = None
+    return copy
+
+
+def idempotent_without(*secrets: str) -> Callable[[F], F]:
+    """`idempotent`, for a POST whose answer shows a secret once: the stored answer has those
+    fields (dotted paths) set to null, so a replay never shows the secret a second time and
+    the secret is never stored."""
+
+    def decorator(view: F) -> F:
+        return _idempotent(view, secrets)
+
+    return decorator
+
+
 def idempotent(view: F) -> F:
     """Replay the stored answer for a repeated `Idempotency-Key` from the same key.
 
@@ -118,7 +144,10 @@ def idempotent(view: F) -> F:
     concurrent repeat wait for the first request's commit and then replay its
     answer, so the work behind the POST is done once.
     """
+    return _idempotent(view, ())
 
+
+def _idempotent(view: F, secrets: tuple[str, ...]) -> F:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         idem_key = request.headers.get(_IDEMPOTENCY_HEADER)
@@ -170,7 +199,7 @@ def idempotent(view: F) -> F:
                     key=idem_key,
                     request_hash=fingerprint,
                     response_status=response.status_code,
-                    response_body=response.get_json(),
+                    response_body=_redacted(response.get_json(), secrets),
                 )
             )
             session.flush()
@@ -189,6 +218,7 @@ __all__ = [
     "BEARER",
     "OPERATOR",
     "idempotent",
+    "idempotent_without",
     "merchant_id",
     "merchant_only",
     "operator_only",

@@ -96,7 +96,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(BodyError)
     def on_body_error(exc: BodyError) -> Response:
         slug = "unsupported-media-type" if exc.status == 415 else "malformed-body"
-        return problem(exc.status, slug, exc.detail)
+        errors = {exc.field: [exc.detail]} if exc.field else None
+        return problem(exc.status, slug, exc.detail, errors=errors)
 
     @app.errorhandler(HTTPException)
     def on_http_error(exc: HTTPException) -> Response:

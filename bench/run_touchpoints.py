@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib
 import json
 import multiprocessing
 import os
@@ -541,24 +540,14 @@ def fresh_database(base_url: str) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
-def _migrations() -> Any:
-    """The module with `upgrade(url)`: `commerce.migrate`, or the `migrations` package,
-    where later revisions of the project keep it."""
-    for name in ("commerce.migrate", "migrations"):
-        with contextlib.suppress(ImportError):
-            module = importlib.import_module(name)
-            if hasattr(module, "upgrade"):
-                return module
-    raise RuntimeError("no migration helper found (commerce.migrate or migrations.upgrade)")
-
-
 def prepare_database(url: str, operator_key: str) -> None:
     """Apply the migrations and register the operator key, as `chatledger run` does."""
+    import migrations
     from commerce import runtime
     from commerce.access.services import ensure_operator_key
     from commerce.db import transaction
 
-    _migrations().upgrade(url)
+    migrations.upgrade(url)
     with transaction(runtime.configure_database(url)) as session:
         ensure_operator_key(session, operator_key)
     runtime.engine().dispose()

@@ -13,6 +13,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from commerce.errors import InvalidInput
+from commerce.ids import ID_PATTERN
 
 T = TypeVar("T")
 
@@ -35,9 +36,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, id_ = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(id_, str) or not isinstance(created, str):
+        if not isinstance(id_, str) or not isinstance(created, str) or not ID_PATTERN.match(id_):
             raise ValueError(cursor)
-        return datetime.fromisoformat(created), id_
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError(cursor)
+        return when, id_
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput({"cursor": ["Not a cursor this API returned."]}) from None
 

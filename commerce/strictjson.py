@@ -17,21 +17,31 @@ MAX_INT_DIGITS = 30
 
 
 class BodyError(ValueError):
-    """The body is not acceptable JSON; `status` is 400 or 415."""
+    """The body is not acceptable JSON; `status` is 400 or 415; `field` names where, if known."""
 
-    def __init__(self, detail: str, status: int = 400) -> None:
+    def __init__(self, detail: str, status: int = 400, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status = status
+        self.field = field
+
+
+class _Refused:
+    """Stands where the parser met a value it refuses, so the tree walk can name its field."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _reject_constant(name: str) -> Any:
-    raise BodyError(f"{name} is not a number this API accepts.")
+    return _Refused(f"{name} is not a number this API accepts.")
 
 
-def _parse_int(text: str) -> int:
+def _parse_int(text: str) -> Any:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise BodyError("A number in the body is too large.")
+        return _Refused("The number is too large.")
     return int(text)
 
 
@@ -39,35 +49,49 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise BodyError(f"The key {key!r} appears twice in one object.")
+            raise BodyError(f"The key {key!r} appears twice in one object.", field=key)
         result[key] = value
     return result
 
 
-def _check_text(value: str) -> None:
+def _text_problem(value: str) -> str | None:
     if "\x00" in value:
-        raise BodyError("Text must not contain NUL characters.")
+        return "Text must not contain NUL characters."
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise BodyError("Text must not contain unpaired surrogate escapes.") from None
+        return "Text must not contain unpaired surrogate escapes."
+    return None
+
+
+def _name(path: tuple[str | int, ...]) -> str:
+    """`("items", 0, "amount")` -> `items.0.amount`; the top level is `body`."""
+    return ".".join(str(part) for part in path) or "body"
 
 
 def _check_tree(document: Any) -> None:
-    """Depth and text checks, iteratively, so a hostile document cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
+    """Depth, refused values and text, iteratively, so a hostile document cannot exhaust the
+    stack; a problem is reported with the path of the field that holds it."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
     while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        node, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
             raise BodyError(f"The body nests deeper than {MAX_DEPTH} levels.")
+        if isinstance(node, _Refused):
+            raise BodyError(node.reason, field=_name(path))
         if isinstance(node, dict):
             for key, value in node.items():
-                _check_text(key)
-                stack.append((value, depth + 1))
+                problem = _text_problem(key)
+                if problem:
+                    # The key itself is unprintable: name the object that holds it.
+                    raise BodyError(f"A key: {problem}", field=_name(path))
+                stack.append((value, (*path, key)))
         elif isinstance(node, list):
-            stack.extend((item, depth + 1) for item in node)
+            stack.extend((item, (*path, index)) for index, item in enumerate(node))
         elif isinstance(node, str):
-            _check_text(node)
+            problem = _text_problem(node)
+            if problem:
+                raise BodyError(problem, field=_name(path))
 
 
 def loads_strict(data: bytes) -> Any:

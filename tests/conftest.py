@@ -33,8 +33,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings
 import migrations as migrate
+from app.config import Settings
 from commerce import runtime
 from commerce.access.services import ensure_operator_key
 from commerce.db import make_session_factory
@@ -47,8 +47,11 @@ STRIPE_KEY = "sk_test_chatledgertests"
 STRIPE_WEBHOOK_SECRETS = ("whsec_current_chatledger_tests", "whsec_previous_chatledger_tests")
 CHAT_APP_SECRET = "chat-app-secret-for-tests"
 CHAT_VERIFY_TOKEN = "chat-verify-token-for-tests"
-CARD_KEYS = "v2:" + "Y2hhdGxlZGdlci10ZXN0cy1jYXJkLWtleS12ZXJzaW9uLTI=" + ",v1:" + (
-    "Y2hhdGxlZGdlci10ZXN0cy1jYXJkLWtleS12ZXJzaW9uLTE="
+CARD_KEYS = (
+    "v2:"
+    + "Y2hhdGxlZGdlci10ZXN0cy1jYXJkLWtleS12ZXJzaW9uLTI="
+    + ",v1:"
+    + ("Y2hhdGxlZGdlci10ZXN0cy1jYXJkLWtleS12ZXJzaW9uLTE=")
 )
 #: The Redis database the suite uses on a shared server, flushed at the start of the run.
 TEST_REDIS_DB = 15

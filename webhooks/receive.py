@@ -26,7 +26,7 @@ from flask import Blueprint, Response, current_app, json, request
 from sqlalchemy.orm import Session
 
 from commerce import runtime
-from commerce.cards.scrub import CardHasher, scrub
+from commerce.cards.scrub import CardHasher, paths, scrub
 from commerce.chat.models import CHANNELS
 from commerce.db import transaction
 from commerce.partners.services import active_secrets, agreement_in_force, flag_pan
@@ -81,6 +81,21 @@ def _on_signature(exc: SignatureError) -> Response:
 @blp.errorhandler(BodyError)
 def _on_body(exc: BodyError) -> Response:
     return _problem(400, "malformed-body", exc.detail)
+
+
+#: Identifiers a partner assigns by its own rules (SPEC section 6): kept as sent when they have
+#: an identifier's shape, though one numeric id in ten passes the Luhn check. Card tokens are
+#: not among them: a network token is a card-like number and is treated as one.
+PARTNER_IDENTIFIERS = paths(
+    "data.transaction_id",
+    "data.original_transaction_id",
+    "data.customer_ref",
+    "data.account_ref",
+    "data.merchant.mid",
+    "data.chat.user_id",
+)
+#: Ids the chat platform assigns (page-scoped user ids, page ids) and its millisecond clock.
+CHAT_IDENTIFIERS = paths("sender.id", "recipient.id", "timestamp")
 
 
 def _settings() -> Any:
@@ -196,7 +211,7 @@ def partner_door(partner_id: str) -> Response:
         raise Refused(400, "unsupported-event", f"Unknown partner event type {event_type!r}.")
     _object(body.get("data"), "data")
     # A card number in a card field becomes a keyed hash; anywhere else it is masked.
-    result = scrub(body, hasher=_hasher())
+    result = scrub(body, hasher=_hasher(), identifiers=PARTNER_IDENTIFIERS)
     scope = SCOPE_OF[event_type]
     source = f"partner:{partner_id}"
     with transaction(runtime.sessions()) as session:
@@ -302,7 +317,7 @@ def chat_door(channel: str) -> Response:
 
 def _store_chat_item(session: Session, channel: str, item: dict[str, Any]) -> inbox.Stored:
     # Message text is kept only with card numbers masked; card secrets are dropped.
-    result = scrub(item, hasher=None)
+    result = scrub(item, hasher=None, identifiers=CHAT_IDENTIFIERS)
     timestamp = item.get("timestamp")
     occurred_at = (
         datetime.fromtimestamp(timestamp / 1000, UTC)

@@ -76,6 +76,16 @@ class Timestamp(fields.AwareDateTime):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(format="iso", **kwargs)
 
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            utc = parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Must be a time between the years 1970 and 9999.") from None
+        if not 1970 <= utc.year <= 9999:
+            raise ValidationError("Must be a time between the years 1970 and 9999.")
+        return utc
+
     def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
             return None

@@ -9,7 +9,7 @@ from marshmallow import Schema, fields, validate
 
 from app.api import Blueprint
 from app.api.fields import Identifier, Text, Timestamp
-from app.auth import BEARER, idempotent, operator_only
+from app.auth import BEARER, idempotent_without, operator_only
 from app.web import db
 from commerce.chat.models import CHANNELS
 from commerce.merchants.services import PageSpec, create_merchant
@@ -35,7 +35,7 @@ class MerchantCreateSchema(Schema):
         fields.Nested(ChatPageSchema), load_default=list, validate=validate.Length(max=50)
     )
     stripe_account = fields.String(
-        load_default=None, validate=validate.Regexp(r"^acct_[0-9A-Za-z]{1,64}$")
+        load_default=None, validate=validate.Regexp(r"^acct_[0-9A-Za-z]{1,59}$")
     )
 
 
@@ -64,7 +64,7 @@ class MerchantCreatedSchema(MerchantResponseSchema):
 @blp.route("")
 class Merchants(MethodView):
     @operator_only
-    @idempotent
+    @idempotent_without("api_key.secret")
     @blp.arguments(MerchantCreateSchema)
     @blp.response(201, MerchantCreatedSchema)
     @blp.doc(security=BEARER)

@@ -9,7 +9,7 @@ from marshmallow import Schema, fields, validate
 
 from app.api import Blueprint
 from app.api.fields import Text, Timestamp
-from app.auth import BEARER, idempotent, operator_only
+from app.auth import BEARER, idempotent, idempotent_without, operator_only
 from app.web import db
 from commerce.partners.models import PURPOSES, SCOPES
 from commerce.partners.services import create_partner, record_agreement, rotate_secret
@@ -72,7 +72,7 @@ class AgreementResponseSchema(Schema):
 @blp.route("")
 class Partners(MethodView):
     @operator_only
-    @idempotent
+    @idempotent_without("webhook_secret")
     @blp.arguments(PartnerCreateSchema)
     @blp.response(201, PartnerCreatedSchema)
     @blp.doc(security=BEARER)

@@ -22,6 +22,7 @@ from commerce.cards.scrub import (
     luhn_valid,
     mask,
     normalize_digits,
+    paths,
     scrub,
 )
 
@@ -43,5 +44,6 @@ __all__ = [
     "luhn_valid",
     "mask",
     "normalize_digits",
+    "paths",
     "scrub",
 ]

@@ -590,11 +590,46 @@ class ScrubResult:
     dropped_fields: list[str]
 
 
+def paths(*patterns: str) -> CardFieldRule:
+    """A rule matching exact field paths: "sender.id", "entry.*.time" (`*` is any list index)."""
+    compiled = [tuple(pattern.split(".")) for pattern in patterns]
+
+    def matches(path: FieldPath) -> bool:
+        return any(
+            len(pattern) == len(path)
+            and all(
+                (p == "*" and isinstance(part, int)) or p == part
+                for p, part in zip(pattern, path, strict=True)
+            )
+            for pattern in compiled
+        )
+
+    return matches
+
+
+def _no_paths(path: FieldPath) -> bool:
+    return False
+
+
+#: What a source-assigned identifier may look like to be kept as it is: a whole number, or a
+#: short run of ASCII letters, digits, '_', '-', ':' and '.', with no spaces.
+_IDENTIFIER = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
+
+
+def _is_identifier(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 10**20
+    return isinstance(value, str) and bool(_IDENTIFIER.match(value))
+
+
 def scrub(
     document: Any,
     *,
     hasher: CardHasher | None,
     card_paths: CardFieldRule = DEFAULT_CARD_FIELDS,
+    identifiers: CardFieldRule = _no_paths,
 ) -> ScrubResult:
     """A copy of a JSON-like document that holds no PAN, CVC, track data or PIN.
 
@@ -607,25 +642,43 @@ def scrub(
       field is dropped and only brand and last four remain. A card field holding anything
       else is scrubbed like any other value.
 
+    - A field `identifiers` names (a path whose value the sender assigns by its own rules: a
+      Messenger user id, a store's MID, a millisecond timestamp) keeps a value that has the
+      shape of an identifier, even when its digits happen to pass the Luhn check: one such
+      id in ten does, and masking it would break who the customer or the store is. Any
+      other value there (text with spaces, a long run) is scrubbed like everything else.
+
     Containers (dict, list, tuple) are always copied; other values are returned as they are.
     Two keys that become equal once masked keep the later value (only keys holding PANs can).
     """
-    walker = _Walker(hasher, card_paths)
+    walker = _Walker(hasher, card_paths, identifiers)
     result = walker.value(document, ())
     return ScrubResult(result, walker.pans_found, walker.pan_fields_hashed, walker.dropped)
 
 
 class _Walker:
-    __slots__ = ("card_paths", "dropped", "hasher", "pan_fields_hashed", "pans_found")
+    __slots__ = (
+        "card_paths",
+        "dropped",
+        "hasher",
+        "identifiers",
+        "pan_fields_hashed",
+        "pans_found",
+    )
 
-    def __init__(self, hasher: CardHasher | None, card_paths: CardFieldRule) -> None:
+    def __init__(
+        self, hasher: CardHasher | None, card_paths: CardFieldRule, identifiers: CardFieldRule
+    ) -> None:
         self.hasher = hasher
         self.card_paths = card_paths
+        self.identifiers = identifiers
         self.pans_found = 0
         self.pan_fields_hashed = 0
         self.dropped: list[str] = []
 
     def value(self, value: Any, path: FieldPath) -> Any:
+        if path and _is_identifier(value) and self.identifiers(path):
+            return value
         if isinstance(value, str):
             masked, count = _mask_counted(value)
             self.pans_found += count

@@ -160,7 +160,13 @@ def test_a_repeat_replays_the_first_answer_and_creates_one_row(
         assert again.status_code == first.status_code
         assert again.headers.get(REPLAYED) == "true"
         assert again.mimetype == "application/json"
-        assert again.json == first.json
+        if name == "merchant":
+            # The API key secret is shown once: the replay has everything but the secret.
+            assert again.json["api_key"]["secret"] is None
+            assert {**again.json, "api_key": None} == {**first.json, "api_key": None}
+            assert again.json["api_key"]["id"] == first.json["api_key"]["id"]
+        else:
+            assert again.json == first.json
         assert target.id_of(again.json) == target.id_of(first.json)
 
     assert row_counts(db) == after_first, "a replay changed the database"

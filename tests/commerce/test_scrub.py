@@ -787,3 +787,27 @@ def test_log_filter_always_keeps_the_record():
     record = logging.LogRecord("x", logging.INFO, "p", 1, "no card %s", ("here",), None)
     assert PanLogFilter().filter(record) is True
     assert (record.msg, record.args) == ("no card here", ())
+
+
+def test_identifier_fields_keep_a_luhn_valid_id_but_not_text():
+    """A source-assigned id that happens to pass the Luhn check is kept where the door says
+    identifiers live; text there, or the same digits anywhere else, are still masked."""
+    from commerce.cards.scrub import paths
+
+    luhn_valid_id = "4242424242424242"
+    document = {
+        "sender": {"id": luhn_valid_id},
+        "recipient": {"id": "1000001"},
+        "timestamp": 4242424242424242,
+        "message": {"text": f"id {luhn_valid_id}", "mid": luhn_valid_id},
+        "entry": [{"id": luhn_valid_id}],
+    }
+    rule = paths("sender.id", "recipient.id", "timestamp", "entry.*.id")
+    result = scrub(document, hasher=None, identifiers=rule)
+    assert result.document["sender"]["id"] == luhn_valid_id
+    assert result.document["entry"][0]["id"] == luhn_valid_id
+    assert result.document["timestamp"] == 4242424242424242
+    assert luhn_valid_id not in result.document["message"]["text"]
+    assert result.document["message"]["mid"] != luhn_valid_id
+    spaced = scrub({"sender": {"id": "4242 4242 4242 4242"}}, hasher=None, identifiers=rule)
+    assert "4242 4242" not in spaced.document["sender"]["id"]
