@@ -10,14 +10,13 @@ Order matters and is kept here in one place:
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import redis
 from flask import Flask
 from flask_smorest import Api
 
-from app import auth, errors, web
+from app import auth, errors, logs, web
 from app.api import conversations, health, merchants, offers, partners, sales
 from app.config import ConfigError, Settings
 from commerce import payments, runtime
@@ -41,9 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     # 2. Logging, database, payment provider.
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level)
     runtime.configure_database(settings.database_url)
     if settings.stripe_api_key:
         payments.configure(

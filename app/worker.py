@@ -8,14 +8,16 @@ to a second worker while the first still holds it.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from app.config import Settings
 from app.embedded import celery_broker_url
 from commerce import payments, runtime
+from commerce.cards.scrub import PanLogFilter
 from commerce.payments.stripe import StripeProvider
 
 #: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
@@ -62,6 +64,13 @@ def create_celery(settings: Settings) -> Celery:
             },
         },
     )
+
+    @after_setup_logger.connect(weak=False)
+    @after_setup_task_logger.connect(weak=False)
+    def _mask_card_numbers(logger: logging.Logger, **_: object) -> None:
+        for handler in logger.handlers:
+            if not any(isinstance(f, PanLogFilter) for f in handler.filters):
+                handler.addFilter(PanLogFilter())
 
     @worker_process_init.connect(weak=False)
     def _configure_process(**_: object) -> None:

@@ -91,3 +91,25 @@ def test_the_command_stops_with_the_variable_named():
     assert result.returncode != 0
     assert "CHATLEDGER_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_logs_mask_card_numbers(app, caplog):
+    """Every handler the app configured masks card numbers, whatever logger wrote them."""
+    import logging
+
+    from app.logs import install_pan_filter
+
+    install_pan_filter()
+    handler = logging.getLogger().handlers[0]
+    record = logging.LogRecord(
+        "webhooks.receive",
+        logging.WARNING,
+        __file__,
+        1,
+        "card %s refused",
+        ("4242 4242 4242 4242",),
+        None,
+    )
+    assert all(f.filter(record) for f in handler.filters)
+    assert "4242 4242 4242 4242" not in record.getMessage()
+    assert record.getMessage().endswith("refused")
