@@ -22,6 +22,7 @@ from commerce.sales.services import (
     sync_payment,
 )
 from commerce.sales.states import SaleState
+from webhooks import inbox
 
 blp = Blueprint("sales", __name__, url_prefix="/v1", description="Sales and refunds")
 
@@ -110,6 +111,9 @@ class OfferCheckout(MethodView):
         """Accept the offer: create its sale and a Stripe PaymentIntent."""
         result = checkout(db(), merchant_id=merchant_id(), offer_id=offer_id)
         sale = result.sale
+        if result.created and sale.payment_intent_id:
+            # Stripe may have told us about this intent before this checkout committed.
+            inbox.wake(db(), f"payment_intent:{sale.payment_intent_id}")
         body = {
             "sale": sale,
             "payment": {

@@ -1,0 +1,399 @@
+"""The inbox under faults: Redis down, a worker killed mid-task, PostgreSQL down.
+
+Each fault is inflicted on servers this module starts for itself (the embedded PostgreSQL
+and Redis of `app.embedded`, in a temporary data dir), with a real Celery worker and a real
+`celery beat` of its own; the shared servers the rest of the suite uses are never touched.
+
+The process-wide state an app configures (commerce.runtime's engine, Celery's default app)
+is put back at the end of the module, so the tests after it run on the suite's servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from celery import _state as celery_state
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+import migrations as migrate
+from app.config import Settings
+from app.embedded import start_postgres, start_redis, stop_postgres, stop_redis
+from commerce import runtime
+from commerce.access.services import ensure_operator_key
+from commerce.sales.models import Sale, SaleEvent
+from commerce.sales.states import EventKind
+from tests.conftest import (
+    CHAT_APP_SECRET,
+    OPERATOR_KEY,
+    STRIPE_WEBHOOK_SECRETS,
+    create_test_app,
+    replace,
+    wait_for,
+)
+from tests.helpers import OPERATOR, Shop, open_shop
+from tests.support.faults import CeleryProcess, sessions_waiting_for_a_lock
+from tests.support.signing import (
+    body_of,
+    meta_headers,
+    partner_headers,
+    stripe_event,
+    stripe_headers,
+)
+from tests.support.stripe_server import StripeServer
+from webhooks import tasks
+from webhooks.models import InboxEvent
+
+pytestmark = pytest.mark.worker
+
+SECRET = STRIPE_WEBHOOK_SECRETS[0]
+#: How long a test waits for the sweep: its grace, beat's 15 s period, and room for a worker
+#: that reconnects to a Redis that came back (Celery retries at growing intervals).
+SWEEP_WAIT = tasks.SWEEP_GRACE.total_seconds() + 15 + 60
+
+
+@dataclass
+class Faulty:
+    """Servers, app and Celery processes of this module's own."""
+
+    data_dir: Path
+    settings: Settings
+    app: Flask
+    worker: CeleryProcess
+    beat: CeleryProcess
+
+    def web(self) -> FlaskClient:
+        return self.app.test_client()
+
+    def start_worker(self) -> CeleryProcess:
+        self.worker = CeleryProcess("worker", self.settings, self.data_dir / "worker.log")
+        return self.worker.start()
+
+    def ensure_up(self) -> None:
+        """Both servers, the worker and beat running (idempotent: reuses what runs)."""
+        start_postgres(self.data_dir)
+        start_redis(self.data_dir)
+        if not self.worker.running:
+            self.start_worker()
+        if not self.beat.running:
+            self.beat.start()
+
+    def logs(self) -> str:
+        return (self.data_dir / "worker.log").read_text(errors="replace") + (
+            self.data_dir / "beat.log"
+        ).read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def faulty(
+    settings: Settings, stripe_server: StripeServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Faulty]:
+    data_dir = tmp_path_factory.mktemp("faults")
+    database_url = start_postgres(data_dir)
+    redis_url = start_redis(data_dir)
+    # The suite's settings (secrets, keys, the local Stripe) on this module's servers.
+    own = replace(settings, database_url=database_url, redis_url=redis_url, data_dir=data_dir)
+    # What create_app reconfigures process-wide, to be put back afterwards.
+    saved_runtime = (runtime._engine, runtime._factory)
+    saved_celery = (celery_state.default_app, celery_state._tls.current_app)
+    worker = beat = None
+    try:
+        migrate.upgrade(database_url)
+        application = create_test_app(own)
+        with runtime.sessions()() as session:
+            ensure_operator_key(session, OPERATOR_KEY)
+            session.commit()
+        worker = CeleryProcess("worker", own, data_dir / "worker.log").start()
+        beat = CeleryProcess("beat", own, data_dir / "beat.log").start()
+        env = Faulty(data_dir, own, application, worker, beat)
+        yield env
+        worker = env.worker
+    finally:
+        for process in (beat, worker):
+            if process is not None:
+                process.stop()
+        if runtime._engine is not None and runtime._engine is not saved_runtime[0]:
+            runtime._engine.dispose()
+        runtime._engine, runtime._factory = saved_runtime
+        celery_state.default_app, celery_state._tls.current_app = saved_celery
+        stop_redis(data_dir)
+        stop_postgres(data_dir)
+
+
+@pytest.fixture
+def env(faulty: Faulty, stripe: StripeServer) -> Faulty:
+    """Every test starts with everything up, whatever the test before it left behind."""
+    faulty.ensure_up()
+    return faulty
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def paid_intent_events(web: FlaskClient, stripe: StripeServer, shop: Shop, count: int):
+    """`count` sales checked out through the API and paid at Stripe: their ids and the
+    `payment_intent.succeeded` event Stripe recorded for each."""
+    sales = []
+    for n in range(count):
+        offer = web.post(
+            f"/v1/conversations/{shop.conversation['id']}/offers",
+            json={"title": f"Cold brew {n}", "amount": 1250, "currency": "USD"},
+            headers=shop.headers,
+        )
+        assert offer.status_code == 201, offer.json
+        paid = web.post(f"/v1/offers/{offer.json['id']}/checkout", headers=shop.headers)
+        assert paid.status_code in (200, 201), paid.json
+        intent_id = paid.json["payment"]["payment_intent_id"]
+        stripe.succeed(intent_id)
+        sales.append((paid.json["sale"]["id"], intent_id))
+    succeeded = {
+        e["data"]["object"]["id"]: e
+        for e in stripe.events
+        if e["type"] == "payment_intent.succeeded"
+    }
+    return [(sale_id, succeeded[intent_id]) for sale_id, intent_id in sales]
+
+
+def post_stripe(web: FlaskClient, event: dict):
+    body = body_of(event)
+    return web.post("/webhooks/stripe", data=body, headers=stripe_headers(body, SECRET))
+
+
+def inbox_row(event_id: str, source: str = "stripe") -> InboxEvent | None:
+    with runtime.sessions()() as session:
+        return session.scalars(
+            select(InboxEvent).where(InboxEvent.source == source, InboxEvent.event_id == event_id)
+        ).one_or_none()
+
+
+def inbox_rows(event_id: str) -> int:
+    with runtime.sessions()() as session:
+        return session.scalar(
+            select(func.count()).select_from(InboxEvent).where(InboxEvent.event_id == event_id)
+        )
+
+
+def payment_events(sale_id: str) -> int:
+    with runtime.sessions()() as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(SaleEvent)
+            .where(SaleEvent.sale_id == sale_id, SaleEvent.kind == EventKind.PAYMENT_SUCCEEDED)
+        )
+
+
+def sale_state(sale_id: str) -> str:
+    with runtime.sessions()() as session:
+        return session.get(Sale, sale_id).state
+
+
+def processed(event_ids: list[str]) -> bool:
+    rows = [inbox_row(event_id) for event_id in event_ids]
+    return all(row is not None and row.status == "processed" for row in rows)
+
+
+# -- Redis down --------------------------------------------------------------------------
+
+
+def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, stripe, caplog):
+    web = env.web()
+    shop = open_shop(web)
+    deliveries = paid_intent_events(web, stripe, shop, 3)
+
+    stop_redis(env.data_dir)
+    caplog.set_level(logging.WARNING, logger="webhooks.inbox")
+    ids = {}
+    timings = []
+    for _ in range(2):  # Stripe retries a delivery it thinks failed: the copy is a duplicate
+        for _, event in deliveries:
+            started = time.monotonic()
+            answer = post_stripe(web, event)
+            timings.append(time.monotonic() - started)
+            assert answer.status_code == 200, answer.get_data(as_text=True)
+            ids.setdefault(event["id"], answer.json["id"])
+            assert answer.json["id"] == ids[event["id"]]
+    # Accepted durably, though nothing could be queued: the rows wait for the sweep.
+    for _, event in deliveries:
+        row = inbox_row(event["id"])
+        assert (row.status, row.attempts) == ("pending", 0)
+    not_queued = [r.getMessage() for r in caplog.records if "not queued" in r.getMessage()]
+    assert all(any(i in message for message in not_queued) for i in ids.values()), not_queued
+    # A door must answer well within a sender's timeout even when the broker is gone.
+    assert max(timings) < 10, timings
+
+    start_redis(env.data_dir)
+    event_ids = [event["id"] for _, event in deliveries]
+    wait_for(lambda: processed(event_ids), timeout=SWEEP_WAIT, interval=0.5)
+    for sale_id, event in deliveries:
+        row = inbox_row(event["id"])
+        assert (row.status, row.attempts, row.last_error) == ("processed", 1, None)
+        assert sale_state(sale_id) == "paid"
+        assert payment_events(sale_id) == 1
+    assert "sweep sent" in env.logs()
+
+
+# -- A worker killed mid-task --------------------------------------------------------------
+
+
+def test_a_worker_killed_in_the_middle_of_a_task_leaves_the_event_processed_once(env, stripe):
+    web = env.web()
+    shop = open_shop(web)
+    [(sale_id, event)] = paid_intent_events(web, stripe, shop, 1)
+
+    # The test holds the sale's row lock, so the worker's task blocks in locks.lock_sale
+    # with the inbox row locked and the handler half-way: a deterministic "middle of a task".
+    holder = runtime.engine().connect()
+    held = holder.begin()
+    try:
+        holder.execute(select(Sale.id).where(Sale.id == sale_id).with_for_update())
+        holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        assert post_stripe(web, event).status_code == 200
+        blocked = wait_for(
+            lambda: sessions_waiting_for_a_lock(runtime.engine(), exclude_pid=holder_pid),
+            timeout=10,
+            interval=0.05,
+        )
+        assert any("FOR UPDATE" in query for query in blocked), blocked
+        # Within the worker's lock_timeout (10 s): SIGKILL, no warm shutdown, no ack.
+        env.worker.kill()
+        row = inbox_row(event["id"])
+        assert (row.status, row.attempts) == ("pending", 0)
+    finally:
+        held.rollback()
+        holder.close()
+
+    # Nothing the dead worker did is left: its transaction never committed.
+    assert payment_events(sale_id) == 0
+    env.start_worker()
+    # Its message is unacknowledged in Redis until the visibility timeout (hours); the sweep
+    # finds the row still pending once SWEEP_GRACE has passed and sends it again.
+    wait_for(lambda: processed([event["id"]]), timeout=SWEEP_WAIT, interval=0.5)
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts) == ("processed", 1)
+    assert sale_state(sale_id) == "paid"
+    assert payment_events(sale_id) == 1
+    # Sending it once more (the late-acknowledged message, when Redis redelivers it) is a no-op.
+    tasks.process_event.apply_async(args=[row.id])
+    time.sleep(2)
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts) == ("processed", 1)
+    assert payment_events(sale_id) == 1
+
+
+# -- PostgreSQL down -----------------------------------------------------------------------
+
+
+def _partner(web: FlaskClient) -> dict:
+    partner = web.post("/v1/partners", json={"name": "First Bank"}, headers=OPERATOR)
+    assert partner.status_code == 201, partner.json
+    agreement = web.post(
+        f"/v1/partners/{partner.json['id']}/agreements",
+        json={
+            "scopes": ["transactions"],
+            "purposes": ["sales_attribution"],
+            "starts_at": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+            "retention_days": 90,
+        },
+        headers=OPERATOR,
+    )
+    assert agreement.status_code == 201, agreement.json
+    return partner.json
+
+
+def test_postgres_down_answers_503_and_leaves_nothing_half_written(env, stripe, caplog):
+    web = env.web()
+    shop = open_shop(web)
+    [(sale_id, stripe_evt)] = paid_intent_events(web, stripe, shop, 1)
+    partner = _partner(web)
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    note = {
+        "id": "evt_pgdown_partner",
+        "type": "transaction.authorized",
+        "created": now,
+        "data": {
+            "transaction_id": "txn_pgdown",
+            "customer_ref": "cust_pgdown",
+            "card": {"token": "tok_pgdown", "par": "PARPGDOWN", "brand": "visa", "last4": "1111"},
+            "merchant": {"mid": shop.merchant["mids"][0], "name": "Blue Bottle", "mcc": "5814"},
+            "amount": 1250,
+            "currency": "USD",
+            "occurred_at": now,
+            "card_present": False,
+        },
+    }
+    page_id = shop.merchant["chat_pages"][0]["page_id"]
+    chat = {
+        "object": "page",
+        "entry": [
+            {
+                "id": page_id,
+                "time": int(time.time() * 1000),
+                "messaging": [
+                    {
+                        "sender": {"id": "psid_pgdown"},
+                        "recipient": {"id": page_id},
+                        "timestamp": int(time.time() * 1000),
+                        "message": {"mid": "m_pgdown", "text": "is it still available?"},
+                    }
+                ],
+            }
+        ],
+    }
+
+    def post_all():
+        # Each sender signs again when it retries: a fresh timestamp over the same body.
+        partner_body, chat_body = body_of(note), body_of(chat)
+        return {
+            "stripe": post_stripe(web, stripe_evt),
+            "partner": web.post(
+                f"/webhooks/partners/{partner['id']}",
+                data=partner_body,
+                headers=partner_headers(partner_body, partner["webhook_secret"], note["id"]),
+            ),
+            "chat": web.post(
+                "/webhooks/chat/messenger",
+                data=chat_body,
+                headers=meta_headers(chat_body, CHAT_APP_SECRET),
+            ),
+        }
+
+    stop_postgres(env.data_dir)
+    caplog.set_level(logging.INFO)
+    for door, answer in post_all().items():
+        assert answer.status_code == 503, (door, answer.status_code, answer.get_data(as_text=True))
+        assert answer.content_type == "application/problem+json", door
+        assert answer.json["type"] == "/problems/unavailable", door
+        assert answer.headers.get("Retry-After", "").isdigit(), door
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info], [
+        r.getMessage() for r in caplog.records if r.exc_info
+    ]
+
+    start_postgres(env.data_dir)
+    answers = post_all()
+    for door, answer in answers.items():
+        assert answer.status_code == 200, (door, answer.get_data(as_text=True))
+    # The first delivery that reached the database is the first one stored: the failed
+    # attempt left no row, no lock and no queued task behind.
+    assert answers["stripe"].json["duplicate"] is False
+    assert answers["partner"].json["duplicate"] is False
+    for event_id in (stripe_evt["id"], note["id"], "m_pgdown"):
+        assert inbox_rows(event_id) == 1, event_id
+    wait_for(lambda: processed([stripe_evt["id"]]), timeout=SWEEP_WAIT, interval=0.5)
+    assert sale_state(sale_id) == "paid"
+    assert payment_events(sale_id) == 1
+    partner_row = inbox_row(note["id"], source=f"partner:{partner['id']}")
+    chat_row = inbox_row("m_pgdown", source="chat:messenger")
+    wait_for(
+        lambda: all(
+            inbox_row(r.event_id, r.source).status == "processed" for r in (partner_row, chat_row)
+        ),
+        timeout=SWEEP_WAIT,
+        interval=0.5,
+    )
