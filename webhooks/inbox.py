@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from commerce.cards.scrub import mask
 from commerce.db import after_commit, transaction, utcnow
+from commerce.errors import InvalidInput
 from commerce.ids import new_id
 from webhooks.models import InboxEvent
 
@@ -205,6 +206,9 @@ def _record_failure(factory: sessionmaker[Session], inbox_id: str, exc: Exceptio
         event.status = "failed"
         event.last_error = detail
         event.next_attempt_at = utcnow() + backoff(event.attempts)
+        if isinstance(exc, InvalidInput):
+            # The event itself is wrong: trying again cannot help. It stays for a replay.
+            event.attempts = max(event.attempts, MAX_ATTEMPTS)
 
 
 def wake(session: Session, key: str) -> int:

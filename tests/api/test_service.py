@@ -21,7 +21,12 @@ def test_readyz_when_both_servers_answer(client):
 
 def test_readyz_names_what_is_unreachable(settings, app):
     broken = dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0")
-    response = create_test_app(broken).test_client().get("/readyz")
+    try:
+        response = create_test_app(broken).test_client().get("/readyz")
+    finally:
+        # A second app makes its Celery app the process default; put the suite's back, or
+        # every task sent by later tests would go to the unreachable Redis.
+        create_test_app(settings)
     assert response.status_code == 503
     assert response.content_type == "application/problem+json"
     assert "redis" in response.json["detail"]
