@@ -29,6 +29,8 @@ PREFIXES = {
     "card_ref": "crd",
     "card_transaction": "ctx",
     "consent": "cns",
+    "card_alias": "card",
+    "deletion_receipt": "del",
 }
 
 ID_PATTERN = re.compile(r"^[a-z]{3,4}_[0-9A-Za-z]{22}$")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from commerce.access.models import ApiKey, IdempotencyRecord
-from commerce.cards.models import CardAlias, CardRef, CardTransaction
+from commerce.audit.models import AuditEntry
+from commerce.cards.models import CardAlias, CardRef, CardTransaction, MerchantCardAlias
 from commerce.chat.models import Conversation, Customer
-from commerce.consent.models import BalanceSnapshot, Consent
+from commerce.consent.models import BalanceSnapshot, Consent, DeletionReceipt
 from commerce.db import Base
 from commerce.merchants.models import ChatPage, Merchant, MerchantMid
 from commerce.offers.models import Offer, Touchpoint
@@ -18,6 +19,7 @@ metadata = Base.metadata
 __all__ = [
     "Agreement",
     "ApiKey",
+    "AuditEntry",
     "BalanceSnapshot",
     "CardAlias",
     "CardRef",
@@ -26,8 +28,10 @@ __all__ = [
     "Consent",
     "Conversation",
     "Customer",
+    "DeletionReceipt",
     "IdempotencyRecord",
     "Merchant",
+    "MerchantCardAlias",
     "MerchantMid",
     "Offer",
     "Partner",

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from commerce import runtime
 from commerce.cards.scrub import CardHasher, paths, scrub
 from commerce.chat.models import CHANNELS
+from commerce.consent.services import consent_in_force
 from commerce.db import transaction
 from commerce.partners.services import active_secrets, agreement_in_force, flag_pan
 from commerce.strictjson import BodyError, loads_strict
@@ -217,7 +218,8 @@ def partner_door(partner_id: str) -> Response:
     with transaction(runtime.sessions()) as session:
         if result.pans_found:
             flag_pan(session, partner_id, result.pans_found)
-        if agreement_in_force(session, partner_id, scope=scope) is None:
+        refusal = _partner_refusal(session, partner_id, scope, body["data"])
+        if refusal is not None:
             # The refusal is on record, without the data it refused.
             inbox.store(
                 session,
@@ -226,9 +228,8 @@ def partner_door(partner_id: str) -> Response:
                 event_type=event_type,
                 payload={},
                 status="refused",
-                error=f"no agreement in force covers {scope or 'this partner'}",
+                error=refusal.detail,
             )
-            refused = True
         else:
             stored = inbox.store(
                 session,
@@ -238,15 +239,36 @@ def partner_door(partner_id: str) -> Response:
                 payload=result.document,
                 headers={"webhook_id": message_id},
             )
-            refused = False
-    if refused:
-        raise Refused(
+    if refusal is not None:
+        raise refusal
+    return _accepted(stored)
+
+
+def _partner_refusal(
+    session: Session, partner_id: str, scope: str | None, data: dict[str, Any]
+) -> Refused | None:
+    """Why this partner may not send this now: no agreement in force for the scope, or, for
+    data about a cardholder, no consent of theirs covering it. None when it may."""
+    if agreement_in_force(session, partner_id, scope=scope) is None:
+        return Refused(
             403,
             "outside-agreement",
             f"No data-sharing agreement in force covers {scope or 'events'} from this partner; "
             "nothing was stored.",
         )
-    return _accepted(stored)
+    if scope is None:
+        return None
+    customer_ref = data.get("customer_ref")
+    if not isinstance(customer_ref, str) or not consent_in_force(
+        session, partner_id=partner_id, customer_ref=customer_ref, scope=scope
+    ):
+        return Refused(
+            403,
+            "no-consent",
+            f"The cardholder has no consent in force covering {scope} with this partner; "
+            "nothing was stored.",
+        )
+    return None
 
 
 # -- Chat platform -----------------------------------------------------------------------

@@ -11,8 +11,15 @@ from app.api import Blueprint
 from app.api.fields import Text, Timestamp
 from app.auth import BEARER, idempotent, idempotent_without, operator_only
 from app.web import db
+from commerce.consent.services import apply_consent
+from commerce.db import utcnow
 from commerce.partners.models import PURPOSES, SCOPES
-from commerce.partners.services import create_partner, record_agreement, rotate_secret
+from commerce.partners.services import (
+    create_partner,
+    get_partner,
+    record_agreement,
+    rotate_secret,
+)
 
 blp = Blueprint("partners", __name__, url_prefix="/v1/partners", description="Partners")
 
@@ -69,6 +76,39 @@ class AgreementResponseSchema(Schema):
     created_at = Timestamp()
 
 
+class ConsentCardSchema(Schema):
+    token = fields.String(load_default=None, validate=validate.Length(max=128))
+    par = fields.String(load_default=None, validate=validate.Length(max=64))
+    brand = fields.String(load_default=None, validate=validate.Length(max=20))
+    last4 = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9]{4}$"))
+
+
+class ConsentChatSchema(Schema):
+    channel = fields.String(required=True, validate=validate.Length(max=20))
+    user_id = fields.String(required=True, validate=validate.Length(max=128))
+
+
+class ConsentCreateSchema(Schema):
+    customer_ref = Text(required=True, max_length=128)
+    status = fields.String(required=True, validate=validate.OneOf(("granted", "revoked")))
+    scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), load_default=list)
+    purposes = fields.List(fields.String(validate=validate.OneOf(PURPOSES)), load_default=list)
+    expires_at = Timestamp(load_default=None)
+    chat = fields.Nested(ConsentChatSchema, load_default=None)
+    cards = fields.List(fields.Nested(ConsentCardSchema), load_default=list)
+
+
+class ConsentResponseSchema(Schema):
+    id = fields.String()
+    partner_id = fields.String()
+    customer_ref = fields.String()
+    status = fields.String()
+    scopes = fields.List(fields.String())
+    purposes = fields.List(fields.String())
+    expires_at = Timestamp(allow_none=True)
+    as_of = Timestamp()
+
+
 @blp.route("")
 class Partners(MethodView):
     @operator_only
@@ -103,3 +143,21 @@ class PartnerAgreements(MethodView):
     def post(self, data: dict[str, Any], partner_id: str) -> Any:
         """Record a data-sharing agreement: scopes, purposes, period and retention."""
         return record_agreement(db(), partner_id=partner_id, **data)
+
+
+@blp.route("/<partner_id>/consents")
+class PartnerConsents(MethodView):
+    @operator_only
+    @blp.arguments(ConsentCreateSchema)
+    @blp.response(201, ConsentResponseSchema)
+    @blp.doc(security=BEARER)
+    def post(self, data: dict[str, Any], partner_id: str) -> Any:
+        """Record a cardholder's consent (or its revocation) for a partner, as the partner's
+        own `consent.*` events do: for consents given outside the partner's systems."""
+        get_partner(db(), partner_id)
+        granted = data.pop("status") == "granted"
+        if data.get("expires_at") is not None:
+            data["expires_at"] = data["expires_at"].isoformat()
+        return apply_consent(
+            db(), partner_id=partner_id, granted=granted, data=data, as_of=utcnow()
+        )

@@ -98,3 +98,19 @@ class CardTransaction(Base):
     purposes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
     inbox_event_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MerchantCardAlias(Base):
+    """The name one merchant sees for one card: random, so two merchants' aliases for the
+    same card cannot be matched with each other, and stable, so a merchant's repeat
+    customers are recognisable to that merchant."""
+
+    __tablename__ = "merchant_card_aliases"
+    __table_args__ = (UniqueConstraint("merchant_id", "card_ref_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id", ondelete="CASCADE"))
+    card_ref_id: Mapped[str] = mapped_column(ForeignKey("card_refs.id"), index=True)
+    #: `card_...`: what the merchant is shown.
+    alias: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

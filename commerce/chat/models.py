@@ -22,6 +22,8 @@ class Customer(Base):
     channel: Mapped[str] = mapped_column(String(20))
     channel_user_id: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Set when the person asked to be erased: the channel id is replaced, sales stay.
+    erased_at: Mapped[datetime | None]
 
 
 class Conversation(Base):

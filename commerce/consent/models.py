@@ -57,3 +57,19 @@ class BalanceSnapshot(Base):
     as_of: Mapped[datetime]
     purposes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeletionReceipt(Base):
+    """What partner data was deleted, how much, when and why: the proof for the cardholder,
+    the partner and the auditor. Holds counts and references, never the data."""
+
+    __tablename__ = "deletion_receipts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: consent_revoked | consent_expired | agreement_ended | retention | erasure
+    reason: Mapped[str] = mapped_column(String(32))
+    partner_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    customer_ref: Mapped[str | None] = mapped_column(String(128))
+    #: Table name -> rows deleted.
+    counts: Mapped[dict[str, int]] = mapped_column(JSONB, default=dict)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from commerce import money
 from commerce.consent.models import BalanceSnapshot, Consent
+from commerce.db import utcnow
 from commerce.errors import InvalidInput
 from commerce.ids import new_id
 from commerce.partners.models import PURPOSES, SCOPES
@@ -75,6 +76,14 @@ def apply_consent(
         for key, value in values.items():
             setattr(consent, key, value)
     session.flush()
+    if not granted:
+        # The flow stops at once (the door and the read path check the consent), and what
+        # was shared under it is deleted now, with a receipt.
+        from commerce.consent.cascade import delete_partner_data
+
+        delete_partner_data(
+            session, partner_id=partner_id, customer_ref=customer_ref, reason="consent_revoked"
+        )
     return consent
 
 
@@ -112,3 +121,25 @@ def record_balance(
             ]
         )
     )
+
+
+def consent_in_force(
+    session: Session,
+    *,
+    partner_id: str,
+    customer_ref: str,
+    scope: str,
+    at: datetime | None = None,
+) -> Consent | None:
+    """The cardholder's consent to this partner, if granted, unexpired and covering `scope`."""
+    at = at or utcnow()
+    consent = session.scalars(
+        select(Consent).where(
+            Consent.partner_id == partner_id, Consent.customer_ref == customer_ref
+        )
+    ).one_or_none()
+    if consent is None or consent.status != "granted" or scope not in consent.scopes:
+        return None
+    if consent.expires_at is not None and consent.expires_at <= at:
+        return None
+    return consent

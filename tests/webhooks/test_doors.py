@@ -197,6 +197,17 @@ def _partner(client, *, scopes=("transactions", "balances"), agreement=True):
             headers=OPERATOR,
         )
         assert answer.status_code == 201, answer.json
+        consent = client.post(
+            f"/v1/partners/{partner['id']}/consents",
+            json={
+                "customer_ref": "cust_4821",
+                "status": "granted",
+                "scopes": list(scopes),
+                "purposes": ["fraud_alerts", "sales_attribution"],
+            },
+            headers=OPERATOR,
+        )
+        assert consent.status_code == 201, consent.json
     return partner
 
 
@@ -301,6 +312,42 @@ def test_a_partner_without_an_agreement_is_refused_on_record(client, db):
     row = db.scalars(select(InboxEvent)).one()
     assert row.status == "refused"
     assert row.payload == {}
+
+
+@pytest.mark.parametrize("consent", ["never_given", "revoked", "expired", "other_scope"])
+def test_data_without_a_consent_in_force_is_refused_on_record(client, db, consent):
+    partner = _partner(client, scopes=("transactions", "balances"))
+    note = _notification()
+    if consent == "never_given":
+        note["data"]["customer_ref"] = "cust_stranger"
+    else:
+        change = {
+            "revoked": {"status": "revoked"},
+            "expired": {
+                "status": "granted",
+                "scopes": ["transactions"],
+                "purposes": ["fraud_alerts"],
+                "expires_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+            },
+            "other_scope": {
+                "status": "granted",
+                "scopes": ["balances"],
+                "purposes": ["balance_display"],
+            },
+        }[consent]
+        answer = client.post(
+            f"/v1/partners/{partner['id']}/consents",
+            json={"customer_ref": "cust_4821", **change},
+            headers=OPERATOR,
+        )
+        assert answer.status_code == 201, answer.json
+    body = body_of(note)
+    headers = partner_headers(body, partner["webhook_secret"], note["id"])
+    answer = client.post(f"/webhooks/partners/{partner['id']}", data=body, headers=headers)
+    assert answer.status_code == 403
+    assert answer.json["type"] == "/problems/no-consent"
+    row = db.scalars(select(InboxEvent)).one()
+    assert (row.status, row.payload) == ("refused", {})
 
 
 def test_a_scope_outside_the_agreement_is_refused(client, db):

@@ -310,6 +310,17 @@ def _partner(web: FlaskClient) -> dict:
         headers=OPERATOR,
     )
     assert agreement.status_code == 201, agreement.json
+    consent = web.post(
+        f"/v1/partners/{partner.json['id']}/consents",
+        json={
+            "customer_ref": "cust_pgdown",
+            "status": "granted",
+            "scopes": ["transactions"],
+            "purposes": ["sales_attribution"],
+        },
+        headers=OPERATOR,
+    )
+    assert consent.status_code == 201, consent.json
     return partner.json
 
 

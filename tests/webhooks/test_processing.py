@@ -254,6 +254,16 @@ def _partner_with_agreement(web):
         },
         headers=OPERATOR,
     )
+    web.post(
+        f"/v1/partners/{partner['id']}/consents",
+        json={
+            "customer_ref": "cust_1",
+            "status": "granted",
+            "scopes": ["transactions"],
+            "purposes": ["sales_attribution", "fraud_alerts"],
+        },
+        headers=OPERATOR,
+    )
     return partner
 
 
@@ -328,7 +338,7 @@ def test_consent_events_in_any_order_keep_the_latest(app, web, committed):
     for note in (revoked, granted):  # the revocation arrives first
         inbox.process(committed, _send_partner(web, partner, note))
     with committed() as session:
-        consent = session.scalars(select(Consent)).one()
+        consent = session.scalars(select(Consent).where(Consent.customer_ref == "cust_9")).one()
         assert consent.status == "revoked"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from commerce.cards.transactions import record_card_transaction
-from commerce.consent.services import apply_consent, record_balance
+from commerce.consent.services import apply_consent, consent_in_force, record_balance
 from commerce.errors import InvalidInput
 from commerce.partners.services import agreement_in_force
 from webhooks.inbox import Ignored, handles
@@ -54,10 +54,26 @@ def handle(session: Session, row: InboxEvent) -> None:
     data = body.get("data") or {}
     if row.event_type not in SCOPE_OF:
         raise Ignored(f"{row.event_type} is not a partner event chatledger keeps")
-    agreement = agreement_in_force(session, partner_id, scope=SCOPE_OF[row.event_type])
+    scope = SCOPE_OF[row.event_type]
+    agreement = agreement_in_force(session, partner_id, scope=scope)
     if agreement is None:
         raise Ignored("no agreement in force covers this event any more")
     created = _time(body.get("created"), "created")
+    purposes = list(agreement.purposes)
+    if scope is not None:
+        # Data about a cardholder is kept only under their consent, for the purposes both
+        # the agreement and the consent allow; a consent revoked meanwhile stops it here.
+        consent = consent_in_force(
+            session,
+            partner_id=partner_id,
+            customer_ref=str(data.get("customer_ref")),
+            scope=scope,
+        )
+        if consent is None:
+            raise Ignored(f"no consent in force covers {scope} for this cardholder")
+        purposes = sorted(set(purposes) & set(consent.purposes))
+        if not purposes:
+            raise Ignored("the agreement and the consent share no purpose")
 
     if row.event_type in TRANSACTION_KINDS:
         record_card_transaction(
@@ -66,11 +82,11 @@ def handle(session: Session, row: InboxEvent) -> None:
             kind=TRANSACTION_KINDS[row.event_type],
             data=data,
             occurred_at=_time(data.get("occurred_at"), "data.occurred_at"),
-            purposes=agreement.purposes,
+            purposes=purposes,
             inbox_event_id=row.id,
         )
     elif row.event_type == "balance.updated":
-        record_balance(session, partner_id=partner_id, data=data, purposes=agreement.purposes)
+        record_balance(session, partner_id=partner_id, data=data, purposes=purposes)
     else:
         apply_consent(
             session,

@@ -1,0 +1,109 @@
+"""The one read path for partner data (card transactions and balances).
+
+Every read states its purpose. A row comes back only if
+- it was stored for that purpose (its `purposes` came from the agreement and the consent
+  in force when it arrived),
+- the cardholder's consent is still in force for that purpose and the row's scope, and
+- an agreement with the partner is still in force for that purpose and scope;
+and every read is written to the audit log, with who asked, why and how many rows.
+
+Nothing else in the code selects these tables for reading: tests/test_partner_data_reads.py
+walks the source and fails on any other read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, and_, any_, exists, literal, or_, select
+from sqlalchemy.orm import Session
+
+from commerce.audit.services import record
+from commerce.cards.models import CardTransaction
+from commerce.consent.models import BalanceSnapshot, Consent
+from commerce.db import utcnow
+from commerce.errors import InvalidInput
+from commerce.partners.models import PURPOSES, Agreement
+
+T = TypeVar("T", CardTransaction, BalanceSnapshot)
+
+#: The scope of the agreement and consent each kind of partner data needs.
+SCOPE = {CardTransaction: "transactions", BalanceSnapshot: "balances"}
+#: A cardholder reading their own data (export) or the operator erasing it: audited, and
+#: not limited by the purposes of sharing, which exist to limit use by others.
+DATA_RIGHTS = "data_rights"
+
+
+def consent_covers(
+    partner_id: Any, customer_ref: Any, *, scope: str, purpose: str | None, at: datetime
+) -> ColumnElement[bool]:
+    conditions = [
+        Consent.partner_id == partner_id,
+        Consent.customer_ref == customer_ref,
+        Consent.status == "granted",
+        or_(Consent.expires_at.is_(None), Consent.expires_at > at),
+        literal(scope) == any_(Consent.scopes),
+    ]
+    if purpose is not None:
+        conditions.append(literal(purpose) == any_(Consent.purposes))
+    return exists(select(Consent.id).where(*conditions))
+
+
+def agreement_covers(
+    partner_id: Any, *, scope: str, purpose: str | None, at: datetime
+) -> ColumnElement[bool]:
+    conditions = [
+        Agreement.partner_id == partner_id,
+        Agreement.status == "active",
+        Agreement.starts_at <= at,
+        or_(Agreement.ends_at.is_(None), Agreement.ends_at > at),
+        literal(scope) == any_(Agreement.scopes),
+    ]
+    if purpose is not None:
+        conditions.append(literal(purpose) == any_(Agreement.purposes))
+    return exists(select(Agreement.id).where(*conditions))
+
+
+def usable(model: type[T], purpose: str, *, at: datetime | None = None) -> ColumnElement[bool]:
+    """The condition a row of `model` must meet to be used for `purpose` now."""
+    if purpose not in PURPOSES:
+        raise InvalidInput({"purpose": [f"Must be one of {', '.join(PURPOSES)}."]})
+    at = at or utcnow()
+    scope = SCOPE[model]
+    return and_(
+        literal(purpose) == any_(model.purposes),
+        consent_covers(model.partner_id, model.customer_ref, scope=scope, purpose=purpose, at=at),
+        agreement_covers(model.partner_id, scope=scope, purpose=purpose, at=at),
+    )
+
+
+def read(
+    session: Session,
+    model: type[T],
+    *,
+    purpose: str,
+    actor: str,
+    where: Sequence[ColumnElement[bool]] = (),
+    order_by: Sequence[Any] = (),
+    limit: int | None = None,
+) -> list[T]:
+    """Rows of partner data usable for `purpose`, matching `where`; the read is audited."""
+    if purpose == DATA_RIGHTS:
+        condition: ColumnElement[bool] = literal(True)
+    else:
+        condition = usable(model, purpose)
+    query = select(model).where(condition, *where).order_by(*order_by)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = list(session.scalars(query))
+    record(
+        session,
+        actor=actor,
+        action="partner_data.read",
+        subject_type=model.__tablename__,
+        purpose=purpose,
+        detail={"rows": len(rows)},
+    )
+    return rows
