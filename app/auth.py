@@ -20,6 +20,7 @@ from app.errors import problem
 from app.web import db, redis_client
 from commerce.access.models import ApiKey, IdempotencyRecord
 from commerce.access.services import MERCHANT, OPERATOR, authenticate
+from commerce.audit.services import record
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,22 @@ def _guarded(role: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            _current_key(role)
-            return view(*args, **kwargs)
+            key = _current_key(role)
+            if role != OPERATOR:
+                return view(*args, **kwargs)
+            # Every operator action is audited, in the same transaction as its effect.
+            response = current_app.make_response(view(*args, **kwargs))
+            if response.status_code < 400:
+                subject = next(iter(kwargs.items()), (None, None))
+                record(
+                    db(),
+                    actor=key.id,
+                    action=f"{request.method} {request.url_rule.rule if request.url_rule else ''}",
+                    subject_type=subject[0].removesuffix("_id") if subject[0] else None,
+                    subject_id=str(subject[1]) if subject[1] is not None else None,
+                    detail={"status": response.status_code},
+                )
+            return response
 
         return wrapper  # type: ignore[return-value]
 

@@ -22,7 +22,7 @@ from commerce.payments.stripe import StripeProvider
 
 #: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
 LONGEST_COUNTDOWN = timedelta(hours=1)
-TASK_MODULES = ["commerce.sales.tasks", "webhooks.tasks"]
+TASK_MODULES = ["commerce.sales.tasks", "commerce.consent.tasks", "webhooks.tasks"]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -57,6 +57,10 @@ def create_celery(settings: Settings) -> Celery:
             "sweep-inbox": {
                 "task": "webhooks.sweep",
                 "schedule": 15.0,
+            },
+            "privacy-sweep": {
+                "task": "privacy.sweep",
+                "schedule": 60.0,
             },
             "sync-unsettled-payments": {
                 "task": "sales.sync_unsettled_payments",

@@ -512,6 +512,22 @@ class AcceptanceCheck:
 
 # --------------------------------------------------------------------------- report
 
+GROUPS = ("gunicorn", "postgres", "redis", "client")
+#: A round in which other processes took more than this share of the machine is flagged.
+DISTURBED = 0.10
+
+
+def all_cpu(result: ScenarioResult) -> float:
+    """CPU seconds of every process group of the run (server side and client)."""
+    return sum(result.cpu[k] or 0.0 for k in GROUPS)
+
+
+def others_share(result: ScenarioResult) -> float:
+    """The share of the machine's CPUs taken by processes outside the run's groups."""
+    cpus = len(os.sched_getaffinity(0))
+    spent = max(0.0, (result.cpu["machine"] or 0.0) - all_cpu(result))
+    return spent / (cpus * result.duration)
+
 
 def render(
     results: list[ScenarioResult],
@@ -575,6 +591,26 @@ def render(
                 f"- all rounds: throughput {ratio:.2f}x ({total['door']:.0f} / "
                 f"{total['baseline']:.0f} req/s); goal at least {GOAL:g}x: **{verdict}**"
             )
+            cost = {
+                name: sum(all_cpu(r) for r in results if r.scenario.name == name)
+                / sum(r.requests for r in results if r.scenario.name == name)
+                for name in ("baseline", "door")
+            }
+            out.append(
+                f"- CPU per request of everything in the run (gunicorn, PostgreSQL, Redis, "
+                f"client): baseline {cost['baseline'] * 1000:.3f} ms, door "
+                f"{cost['door'] * 1000:.3f} ms; on a machine both saturate, the throughput "
+                f"ratio tends to their inverse ratio, {cost['baseline'] / cost['door']:.2f}x"
+            )
+            disturbed = [r for r in results if others_share(r) > DISTURBED]
+            if disturbed:
+                out.append(
+                    "- disturbed: other processes took more than "
+                    f"{DISTURBED:.0%} of the machine in "
+                    + ", ".join(f"{r.scenario.name} round {r.round}" for r in disturbed)
+                    + " (column `others` below): their throughput is lowered by it, their "
+                    "CPU per request much less"
+                )
 
         out += [
             "",
@@ -587,17 +623,14 @@ def render(
             "| others | split |",
             "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |",
         ]
-        groups = ("gunicorn", "postgres", "redis", "client")
-        cpus = len(os.sched_getaffinity(0))
         for r in results:
             per = {
                 k: spent * 1000 / max(1, r.requests)
-                for k in groups
+                for k in GROUPS
                 if (spent := r.cpu[k]) is not None
             }
-            cells = [f"{per[k]:.3f}" if k in per else "n/a" for k in groups]
-            ours = sum(r.cpu[k] or 0.0 for k in groups)
-            others = max(0.0, (r.cpu["machine"] or 0.0) - ours) / (cpus * r.duration)
+            cells = [f"{per[k]:.3f}" if k in per else "n/a" for k in GROUPS]
+            others = others_share(r)
             out.append(
                 f"| {r.scenario.name} | {r.round} | {' | '.join(cells)} | "
                 f"{sum(per.values()):.3f} | {r.machine_busy:.0%} | {others:.0%} | "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -270,3 +270,13 @@ def reset_for_replay(session: Session, inbox_ids: list[str]) -> int:
     for inbox_id in ids:
         enqueue(session, inbox_id)
     return len(ids)
+
+
+def forget_chat_user(session: Session, *, channel: str, user_id: str) -> int:
+    """Delete stored chat events sent by this person (their erasure); returns how many."""
+    return session.execute(
+        delete(InboxEvent).where(
+            InboxEvent.source == f"chat:{channel}",
+            InboxEvent.payload["sender"]["id"].astext == user_id,
+        )
+    ).rowcount

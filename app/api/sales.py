@@ -66,6 +66,10 @@ class SaleSummarySchema(Schema):
     payment_intent_id = fields.String(allow_none=True)
     card_brand = fields.String(allow_none=True)
     card_last4 = fields.String(allow_none=True)
+    card_alias = fields.String(
+        allow_none=True,
+        metadata={"description": "This merchant's own name for the card; never its number."},
+    )
     created_at = Timestamp()
     updated_at = Timestamp()
 

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from commerce.cards.models import CardAlias, CardRef
+from commerce.cards.models import CardAlias, CardRef, MerchantCardAlias
 from commerce.ids import new_id
 
 
@@ -49,3 +49,21 @@ def card_ref_for(
         session.delete(ref)
         session.flush()
     return winner
+
+
+def merchant_alias(session: Session, *, merchant_id: str, card_ref_id: str) -> str:
+    """The merchant's own name for a card, made on first sight (random, so two merchants'
+    names for one card share nothing)."""
+    session.execute(
+        insert(MerchantCardAlias)
+        .values(merchant_id=merchant_id, card_ref_id=card_ref_id, alias=new_id("card_alias"))
+        .on_conflict_do_nothing(
+            index_elements=[MerchantCardAlias.merchant_id, MerchantCardAlias.card_ref_id]
+        )
+    )
+    return session.scalars(
+        select(MerchantCardAlias.alias).where(
+            MerchantCardAlias.merchant_id == merchant_id,
+            MerchantCardAlias.card_ref_id == card_ref_id,
+        )
+    ).one()

@@ -16,6 +16,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from commerce.cards.models import MerchantCardAlias
 from commerce.db import Base, utcnow
 
 
@@ -68,6 +69,17 @@ class Sale(Base):
 
     events: Mapped[list[SaleEvent]] = relationship(order_by="SaleEvent.recorded_at", viewonly=True)
     refunds: Mapped[list[Refund]] = relationship(order_by="Refund.created_at", viewonly=True)
+    #: The merchant's own alias for the card that paid (never shared with other merchants).
+    card_alias_row: Mapped[MerchantCardAlias | None] = relationship(
+        primaryjoin="and_(Sale.merchant_id == foreign(MerchantCardAlias.merchant_id), "
+        "Sale.card_ref_id == foreign(MerchantCardAlias.card_ref_id))",
+        viewonly=True,
+        uselist=False,
+    )
+
+    @property
+    def card_alias(self) -> str | None:
+        return self.card_alias_row.alias if self.card_alias_row is not None else None
 
 
 class SaleEvent(Base):

@@ -39,9 +39,11 @@ def new_key() -> str:
 
 
 def row_counts(db: Session) -> dict[str, int]:
+    # The audit log records every operator request, replays and refusals included.
     return {
         table.name: db.scalar(select(func.count()).select_from(table))
         for table in metadata.sorted_tables
+        if table.name != "audit_log"
     }
 
 

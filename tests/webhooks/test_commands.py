@@ -59,24 +59,29 @@ def test_backfill_stores_the_events_the_inbox_lacks_once(app, committed, stripe,
 def test_replay_by_filter_puts_failed_events_back(app, committed, run):
     with transaction(committed) as session:
         for n in range(3):
+            payout = {"id": f"po_replay_{n}", "amount": 100, "currency": "usd", "status": "paid"}
             inbox.store(
                 session,
                 source="stripe",
                 event_id=f"evt_replay_{n}",
                 event_type="payout.paid",
-                payload={},
-                status="pending",
+                payload={"id": f"evt_replay_{n}", "data": {"object": payout}},
+                # Two failed for good (stored as such, so no task is sent for them), one done.
+                status="failed" if n < 2 else "processed",
+                error="boom" if n < 2 else None,
             )
         session.execute(
             InboxEvent.__table__.update()
-            .where(InboxEvent.event_id.in_(["evt_replay_0", "evt_replay_1"]))
-            .values(status="failed", attempts=12, last_error="boom")
+            .where(InboxEvent.status == "failed")
+            .values(attempts=inbox.MAX_ATTEMPTS)
         )
     output = run("webhooks", "replay", "--status", "failed")
     assert "2 events sent for processing" in output
     with committed() as session:
         rows = session.scalars(select(InboxEvent).order_by(InboxEvent.event_id)).all()
-        assert [(r.status, r.attempts) for r in rows][:2] == [("pending", 0), ("pending", 0)]
+        # Back to pending, or already processed by a worker the replay sent them to.
+        assert {r.status for r in rows} <= {"pending", "processed"}
+        assert all(r.attempts <= 1 for r in rows[:2])
         assert (
             session.scalar(
                 select(func.count()).select_from(InboxEvent).where(InboxEvent.status == "failed")

@@ -4,8 +4,9 @@ Card numbers go in through every source, in every field a sender could use (Stri
 metadata, descriptions, billing names and a `card.number`; a partner's `card.pan`, merchant
 name and free text; chat messages and postback titles; API free text), written in ASCII,
 spaced, dashed and full-width digits. After the worker has processed everything, the test
-dumps the database, the Redis database (and every Redis command sent meanwhile), and the
-logs of the test process and of the worker, and looks for:
+dumps the database, the Redis database (and every Redis command sent meanwhile), the logs
+of the test process and of the worker, the API's answers and what chatledger sent to Stripe,
+and looks for:
 
 - any of those card numbers, in any of the forms, or as their digits once separators and
   full-width digits are normalized;
@@ -32,13 +33,17 @@ import subprocess
 import threading
 import time
 import unicodedata
+import urllib.parse
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
+from werkzeug.test import TestResponse
 
 from commerce.cards.scrub import find_pans
 from tests.conftest import CHAT_APP_SECRET, STRIPE_WEBHOOK_SECRETS, wait_for
@@ -130,7 +135,7 @@ def luhn_runs(text: str) -> list[str]:
                 if len(digits) > 19:
                     break
                 if len(digits) >= 13 and luhn(digits):
-                    found.append(f"…{digits[-4:]} near {run.start()}")
+                    found.append(digits[-4:])
     return found
 
 
@@ -164,19 +169,56 @@ _RANDOM_TOKENS = re.compile(
 )
 
 
-def card_numbers_in(text: str) -> list[str]:
-    """Everything in `text` that betrays a card number, described without the number."""
-    problems = []
-    for pan, name, form in ALL_FORMS:
-        if form in text:
-            problems.append(f"the {name} form of …{pan[-4:]}")
-    flat = normalized(text)
-    problems += [f"the digits of …{pan[-4:]}" for pan in PANS if pan in flat]
-    problems += [label for digest, label in plain_hashes().items() if digest in text]
-    scannable = _RANDOM_TOKENS.sub("<random>", text)
-    problems += [f"a Luhn-valid run {where}" for where in luhn_runs(scannable)]
-    problems += [f"find_pans: …{m.last4} at {m.start}" for m in find_pans(scannable)]
-    return problems
+#: Clock readings in milliseconds (kombu keeps deadlines as scores such as 1795923053510.0):
+#: thirteen digits, one time in ten Luhn-valid. No card number is thirteen digits starting
+#: with 1 (thirteen-digit numbers are Visa's, which start with 4), so a reading within a year
+#: of now is blanked for the Luhn scans, like the random tokens.
+_THIRTEEN_DIGITS = re.compile(r"(?<![0-9])[0-9]{13}(?![0-9])")
+_YEAR_MS = 366 * 24 * 3600 * 1000
+
+
+def _blank_random(text_: str) -> str:
+    now_ms = int(time.time() * 1000)
+    text_ = _RANDOM_TOKENS.sub("<random>", text_)
+    return _THIRTEEN_DIGITS.sub(
+        lambda m: "<clock>" if abs(int(m.group()) - now_ms) < _YEAR_MS else m.group(), text_
+    )
+
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def views(text_: str) -> list[str]:
+    """The text as stored, and as read once JSON's \\uXXXX escapes (which hide full-width
+    digits) and URL encoding (a form body: spaces as "+", full-width digits as %EF%BC%94)
+    are undone."""
+    seen = [text_]
+    for view in (
+        _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text_),
+        urllib.parse.unquote_plus(text_),
+    ):
+        if view not in seen:
+            seen.append(view)
+    return seen
+
+
+def card_numbers_in(text_: str) -> list[str]:
+    """Everything in `text_` that betrays a card number, described without the number."""
+    problems: Counter[str] = Counter()
+    hashes = plain_hashes()
+    for label, view in zip(("", " (unescaped)", " (URL-decoded)"), views(text_), strict=False):
+        found = [f"the {name} form of …{pan[-4:]}" for pan, name, form in ALL_FORMS if form in view]
+        flat = normalized(view)
+        found += [f"the digits of …{pan[-4:]}" for pan in PANS if pan in flat]
+        found += [hashed for digest, hashed in hashes.items() if digest in view]
+        scannable = _blank_random(view)
+        found += [f"a Luhn-valid run …{last4}" for last4 in luhn_runs(scannable)]
+        found += [f"find_pans: …{m.last4}" for m in find_pans(scannable)]
+        for problem in found:
+            if label and problem in problems:
+                continue  # the same finding, already reported in the text as it is
+            problems[problem + label] += 1
+    return [f"{problem} x{count}" if count > 1 else problem for problem, count in problems.items()]
 
 
 def test_the_checker_finds_what_it_looks_for():
@@ -370,14 +412,19 @@ def _chat(web, page_id: str, items: list[dict]) -> None:
     assert answer.status_code == 200, answer.get_data(as_text=True)
 
 
-def send_card_numbers_everywhere(web, stripe) -> int:
-    """Sends card numbers through every source; returns how many inbox rows it makes."""
+def send_card_numbers_everywhere(web, stripe, *, through_api: bool) -> int:
+    """Sends card numbers through every source (the API's free text too when `through_api`);
+    returns how many inbox rows it makes."""
+
+    def api_text(text_: str, card: str) -> str:
+        return f"{text_} {card}" if through_api else text_
+
     # -- The API: free text a merchant and the operator type. Ids are not Luhn-valid.
     mid = digit_id(15)
     page_id = digit_id(15)
     _, key = create_merchant(
         web,
-        name=f"Blue Bottle, card {_form(0, 'spaced')}",
+        name=api_text("Blue Bottle", _form(0, "spaced")),
         mids=[mid],
         chat_pages=[{"channel": "messenger", "page_id": page_id}],
     )
@@ -395,7 +442,11 @@ def send_card_numbers_everywhere(web, stripe) -> int:
     for index, (_, name, form) in enumerate(ALL_FORMS):
         offer = web.post(
             f"/v1/conversations/{conversation.json['id']}/offers",
-            json={"title": f"Gift card {form} ({name})", "amount": 1000 + index, "currency": "USD"},
+            json={
+                "title": api_text(f"Gift card {index} ({name})", form),
+                "amount": 1000 + index,
+                "currency": "USD",
+            },
             headers=bearer(key),
         )
         assert offer.status_code == 201, offer.json
@@ -426,7 +477,7 @@ def send_card_numbers_everywhere(web, stripe) -> int:
 
     # -- A partner: card.pan (hashed), and card numbers in every free field (masked).
     partner = web.post(
-        "/v1/partners", json={"name": f"Bank {_form(1, 'dashed')}"}, headers=OPERATOR
+        "/v1/partners", json={"name": api_text("Bank", _form(1, "dashed"))}, headers=OPERATOR
     )
     assert partner.status_code == 201, partner.json
     agreement = web.post(
@@ -527,13 +578,29 @@ def _intent_of(event: dict) -> str | None:
     return obj["id"] if obj.get("object") == "payment_intent" else obj.get("payment_intent")
 
 
+class RecordingClient(FlaskClient):
+    """A test client that keeps every response body: what the service returned."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bodies: list[str] = []
+
+    def open(self, *args: Any, **kwargs: Any) -> TestResponse:
+        response = super().open(*args, **kwargs)
+        self.bodies.append(f"{response.status} {response.get_data(as_text=True)}")
+        return response
+
+
+# Twice: through the three webhook doors only, then with the API's free text too, so a leak
+# through one kind of source does not hide how the other does.
+@pytest.mark.parametrize("through_api", [False, True], ids=["webhooks", "webhooks-and-api"])
 def test_no_card_number_is_stored_queued_or_logged(
-    app, committed, worker, stripe, settings, caplog
+    app, committed, worker, stripe, settings, caplog, through_api
 ):
     caplog.set_level(logging.DEBUG)
-    web = app.test_client()
+    web = RecordingClient(app, app.response_class)
     with RedisMonitor(settings.redis_url) as monitor:
-        deliveries = send_card_numbers_everywhere(web, stripe)
+        deliveries = send_card_numbers_everywhere(web, stripe, through_api=through_api)
         # Everything stored is processed by the worker before anything is looked at.
 
         def settled() -> bool:
@@ -559,6 +626,10 @@ def test_no_card_number_is_stored_queued_or_logged(
             f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
         ),
         "worker log": (settings.data_dir / "worker.log").read_text(errors="replace"),
+        "API responses": "\n".join(web.bodies),
+        "requests to Stripe": json.dumps(
+            [r.params for r in stripe.requests if not r.is_test_helper], ensure_ascii=False
+        ),
     }
     # The run did put the numbers through: their masks and keyed hashes are there.
     assert "[card •••• 4444]" in sources["database public.inbox_events"]

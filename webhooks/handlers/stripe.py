@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from commerce import locks
-from commerce.cards.services import card_ref_for
+from commerce.cards.services import card_ref_for, merchant_alias
 from commerce.payments.stripe import from_stripe_amount
 from commerce.payouts.models import Payout
 from commerce.sales.models import Refund, Sale
@@ -122,6 +122,7 @@ def charge_succeeded(session: Session, event: Obj, charge: Obj) -> None:
             last4=card.get("last4"),
         )
         sale.card_ref_id = ref.id
+        merchant_alias(session, merchant_id=sale.merchant_id, card_ref_id=ref.id)
     sale.card_brand = card.get("brand") or sale.card_brand
     sale.card_last4 = card.get("last4") or sale.card_last4
     if charge.get("captured") and charge.get("paid"):
