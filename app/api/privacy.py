@@ -52,6 +52,16 @@ class AgreementEndedSchema(Schema):
     receipt = fields.Nested(ReceiptSchema, allow_none=True)
 
 
+class CustomerExportSchema(Schema):
+    customer = fields.Dict()
+    conversations = fields.List(fields.Dict())
+    touchpoints = fields.List(fields.Dict())
+    sales = fields.List(fields.Dict())
+    consents = fields.List(fields.Dict())
+    card_transactions = fields.List(fields.Dict())
+    balances = fields.List(fields.Dict())
+
+
 def _actor() -> str:
     return g.api_key.id
 
@@ -59,7 +69,7 @@ def _actor() -> str:
 @blp.route("/customers/<customer_id>/export")
 class CustomerExport(MethodView):
     @operator_only
-    @blp.response(200, fields.Dict())
+    @blp.response(200, CustomerExportSchema)
     @blp.doc(security=BEARER)
     def get(self, customer_id: str) -> Any:
         """Everything held about a cardholder, as JSON."""

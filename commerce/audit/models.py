@@ -23,7 +23,7 @@ class AuditEntry(Base):
     #: The API key id, or `system:<job>` for the worker's own work.
     actor: Mapped[str] = mapped_column(String(64))
     #: What was done: `partner_data.read`, `merchant.create`, `customer.erase`, ...
-    action: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(128), index=True)
     subject_type: Mapped[str | None] = mapped_column(String(32))
     subject_id: Mapped[str | None] = mapped_column(String(128))
     #: For reads of partner data: the purpose the read was made for.

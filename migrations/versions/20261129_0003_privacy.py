@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
-        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("action", sa.String(length=128), nullable=False),
         sa.Column("subject_type", sa.String(length=32), nullable=True),
         sa.Column("subject_id", sa.String(length=128), nullable=True),
         sa.Column("purpose", sa.String(length=32), nullable=True),
