@@ -138,7 +138,6 @@ def test_an_expired_consent_stops_reads_at_once_and_the_sweep_deletes(client, db
     _transaction(db, partner)
     assert len(_read(db, "sales_attribution")) == 1
     later = NOW + timedelta(hours=2)
-    assert partnerdata.usable(CardTransaction, "sales_attribution", at=later) is not None
     rows = db.scalars(
         select(CardTransaction).where(
             partnerdata.usable(CardTransaction, "sales_attribution", at=later)
@@ -187,9 +186,10 @@ def test_two_merchants_see_different_aliases_for_one_card(client, db):
     a = merchant_alias(db, merchant_id=first.merchant["id"], card_ref_id=card.id)
     b = merchant_alias(db, merchant_id=second.merchant["id"], card_ref_id=card.id)
     assert a != b
-    assert a.startswith("card_") and b.startswith("card_")
+    assert a.startswith("card_")
+    assert b.startswith("card_")
     assert merchant_alias(db, merchant_id=first.merchant["id"], card_ref_id=card.id) == a
-    assert db.scalars(select(MerchantCardAlias)).all().__len__() == 2
+    assert len(db.scalars(select(MerchantCardAlias)).all()) == 2
 
 
 def test_export_and_erasure(client, db, stripe):
