@@ -137,6 +137,27 @@ def keys() -> None:
     """API keys."""
 
 
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-key every stored card hash to the newest CHATLEDGER_CARD_KEYS key (put the new key
+    first, keep the old ones listed until this has run)."""
+    from commerce import runtime
+    from commerce.cards.keys import rotate
+    from commerce.cards.scrub import CardHasher
+    from commerce.db import transaction
+
+    settings = _settings()
+    if not settings.card_keys:
+        raise click.ClickException("configuration: CHATLEDGER_CARD_KEYS is not set")
+    hasher = CardHasher(settings.card_keys)
+    with (
+        _servers(settings) as (database_url, _),
+        transaction(runtime.configure_database(database_url)) as session,
+    ):
+        count = rotate(session, hasher)
+    click.echo(f"{count} card hashes re-keyed to {hasher.newest_version}")
+
+
 @keys.command("create-operator")
 def keys_create_operator() -> None:
     """Create an operator key and print it; only its hash is kept."""

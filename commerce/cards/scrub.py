@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import math
 import re
@@ -426,6 +427,35 @@ class CardHasher:
             last4=digits[-4:],
         )
 
+    # Rotation. A stored hash cannot be recomputed with a new key without the PAN, which is
+    # never kept. `rekey` therefore wraps it: HMAC(newest, old digest), with the version
+    # recorded as a chain, "v2<v1". A PAN seen later is hashed under every chain the
+    # configured keys can form (`chained`), so it still finds the card it belongs to, and
+    # a stolen old key alone no longer opens the stored hashes.
+
+    def rekey(self, digest_hex: str, version: str) -> tuple[str, str]:
+        """A stored hash wrapped with the newest key: (new digest, new version chain)."""
+        if version.split("<", 1)[0] == self._newest:
+            return digest_hex, version
+        digest = hmac.new(self._keys[self._newest], bytes.fromhex(digest_hex), hashlib.sha256)
+        return digest.hexdigest(), f"{self._newest}<{version}"
+
+    def chained(self, pan_digits: str) -> list[tuple[str, str]]:
+        """(version chain, digest) of this PAN under every chain the keys can form, newest
+        first: "v3", "v3<v2", "v3<v1", "v3<v2<v1" for keys v3, v2, v1."""
+        digits = _pan_digits(pan_digits)
+        older = [v for v in self._keys if v != self._newest]
+        results = []
+        for size in range(len(older) + 1):
+            for combo in itertools.combinations(older, size):
+                # The innermost key hashes the digits; each newer one wraps the digest.
+                chain = [self._newest, *combo]
+                digest = bytes.fromhex(_hmac_hex(self._keys[chain[-1]], digits))
+                for version in reversed(chain[:-1]):
+                    digest = hmac.new(self._keys[version], digest, hashlib.sha256).digest()
+                results.append(("<".join(chain), digest.hex()))
+        return results
+
     def matches(self, pan_digits: str, stored: PanHash) -> bool:
         """Whether `stored` is this PAN's hash, checked with the key version it names.
 
@@ -696,7 +726,7 @@ class _Walker:
 
     def object(self, obj: dict[Any, Any], path: FieldPath) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
-        card: dict[str, str] = {}
+        card: dict[str, Any] = {}
         for raw_key, item in obj.items():
             key = self.key(raw_key)
             child = (*path, key)
@@ -727,18 +757,27 @@ class _Walker:
             return MASK_TEMPLATE.format(last4=pan[-4:])
         return key
 
-    def card_fields(self, pan: str, path: FieldPath) -> dict[str, str]:
+    def card_fields(self, pan: str, path: FieldPath) -> dict[str, Any]:
         if self.hasher is None:
             self.dropped.append(_render(path))
             return {"brand": brand_of(pan), "last4": pan[-4:]}
         hashed = self.hasher.hash_pan(pan)
         self.pan_fields_hashed += 1
-        return {
+        fields: dict[str, Any] = {
             "brand": hashed.brand,
             "last4": hashed.last4,
             "pan_hash": hashed.digest_hex,
             "pan_hash_version": hashed.version,
         }
+        rotated = [
+            {"version": chain, "hash": digest}
+            for chain, digest in self.hasher.chained(pan)
+            if chain != hashed.version
+        ]
+        if rotated:
+            # The same card as hashes stored before a key rotation were re-keyed to.
+            fields["pan_hash_rotated"] = rotated
+        return fields
 
 
 def _single_pan(value: Any) -> str | None:

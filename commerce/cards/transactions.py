@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from commerce import money
-from commerce.cards.models import TRANSACTION_KINDS, CardTransaction
+from commerce.cards.models import TRANSACTION_KINDS, CardAlias, CardTransaction
 from commerce.cards.services import card_ref_for
 from commerce.errors import InvalidInput
 from commerce.ids import new_id
@@ -27,14 +27,7 @@ def _card_ref(session: Session, partner_id: str, card: Mapping[str, Any]) -> str
             session, kind="par", value=str(card["par"]), brand=brand, last4=last4
         ).id
     if card.get("pan_hash"):
-        return card_ref_for(
-            session,
-            kind="pan_hash",
-            value=str(card["pan_hash"]),
-            key_version=card.get("pan_hash_version"),
-            brand=brand,
-            last4=last4,
-        ).id
+        return pan_hash_ref(session, card, brand=brand, last4=last4)
     if card.get("token"):
         return card_ref_for(
             session,
@@ -45,6 +38,43 @@ def _card_ref(session: Session, partner_id: str, card: Mapping[str, Any]) -> str
             last4=last4,
         ).id
     return None
+
+
+def pan_hash_ref(
+    session: Session, card: Mapping[str, Any], *, brand: str | None, last4: str | None
+) -> str:
+    """The card a keyed hash names: found by the current hash, or by the hash under any
+    rotation chain (stored hashes re-keyed by `chatledger keys rotate`); the current hash
+    is then added as an alias of the same card, so the link survives the rotation."""
+    candidates = [str(card["pan_hash"])] + [
+        str(item.get("hash")) for item in card.get("pan_hash_rotated") or [] if item.get("hash")
+    ]
+    found = session.scalar(
+        select(CardAlias.card_ref_id).where(
+            CardAlias.kind == "pan_hash", CardAlias.scope == "", CardAlias.value.in_(candidates)
+        )
+    )
+    if found is None:
+        return card_ref_for(
+            session,
+            kind="pan_hash",
+            value=candidates[0],
+            key_version=card.get("pan_hash_version"),
+            brand=brand,
+            last4=last4,
+        ).id
+    session.execute(
+        insert(CardAlias)
+        .values(
+            card_ref_id=found,
+            kind="pan_hash",
+            scope="",
+            value=candidates[0],
+            key_version=card.get("pan_hash_version"),
+        )
+        .on_conflict_do_nothing(index_elements=[CardAlias.kind, CardAlias.scope, CardAlias.value])
+    )
+    return found
 
 
 def record_card_transaction(

@@ -425,7 +425,12 @@ def test_a_partner_card_pan_becomes_a_keyed_hash_brand_and_last4():
         "last4": "4242",
         "pan_hash": hasher.hash_pan("4242424242424242").digest_hex,
         "pan_hash_version": "v2",
+        # With an older key still configured: the hash a rotation re-keyed the old one to.
+        "pan_hash_rotated": [
+            {"version": "v2<v1", "hash": hasher.chained("4242424242424242")[1][1]}
+        ],
     }
+    assert hasher.chained("4242424242424242")[1][0] == "v2<v1"
     assert (result.pans_found, result.pan_fields_hashed, result.dropped_fields) == (1, 1, [])
     # Everything else is untouched.
     assert result.document["data"]["merchant"] == event["data"]["merchant"]

@@ -231,3 +231,48 @@ def test_no_purpose_outside_the_three(db, purpose):
 
     with pytest.raises(InvalidInput):
         _read(db, purpose)
+
+
+def test_key_rotation_keeps_every_link(client, db):
+    """A card hashed under v1, re-keyed to v2 without its number, is still the card a PAN
+    sent after the rotation names; the stored hash no longer equals the v1 hash."""
+    import base64
+
+    from app.config import CardKey
+    from commerce.cards.keys import rotate
+    from commerce.cards.models import CardAlias
+    from commerce.cards.scrub import CardHasher, scrub
+
+    v1 = CardKey("v1", base64.b64decode(base64.b64encode(b"1" * 32)))
+    v2 = CardKey("v2", b"2" * 32)
+    partner, _ = _partner(client)
+    _consent(client, partner)
+    pan = "4000 0566 5566 5556"
+
+    def send(hasher, transaction_id):
+        card = scrub({"data": {"card": {"pan": pan}}}, hasher=hasher).document["data"]["card"]
+        return record_card_transaction(
+            db,
+            partner_id=partner["id"],
+            kind="authorized",
+            data={
+                "transaction_id": transaction_id,
+                "customer_ref": "cust_1",
+                "card": card,
+                "amount": 100,
+                "currency": "USD",
+            },
+            occurred_at=NOW,
+            purposes=("sales_attribution",),
+        )
+
+    before = send(CardHasher([v1]), "txn_before")
+    old_value = db.scalars(select(CardAlias.value).where(CardAlias.kind == "pan_hash")).one()
+    assert rotate(db, CardHasher([v2, v1])) == 1
+    alias = db.scalars(select(CardAlias).where(CardAlias.kind == "pan_hash")).one()
+    assert alias.key_version == "v2<v1"
+    assert alias.value != old_value
+    assert alias.card_ref_id == before.card_ref_id
+    after = send(CardHasher([v2, v1]), "txn_after")
+    assert after.card_ref_id == before.card_ref_id
+    assert rotate(db, CardHasher([v2, v1])) == 0  # nothing left under an older key
