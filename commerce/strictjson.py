@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from commerce.cards.scrub import mask
+
 #: Deeper documents are refused; no request of this API nests more than a few levels.
 MAX_DEPTH = 32
 #: Integers longer than this are refused before Python spends time converting them.
@@ -49,7 +51,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise BodyError(f"The key {key!r} appears twice in one object.", field=key)
+            # The key is masked: a card number typed as a key must not come back in the error.
+            name = mask(key)
+            raise BodyError(f"The key {name!r} appears twice in one object.", field=name)
         result[key] = value
     return result
 

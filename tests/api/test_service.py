@@ -79,3 +79,23 @@ def test_unknown_routes_answer_problem_json(client):
     assert response.status_code == 404
     assert response.content_type == "application/problem+json"
     assert response.json["type"] == "/problems/not-found"
+
+
+def test_card_numbers_typed_into_the_api_are_masked_before_storage(client, db):
+    from sqlalchemy import select
+
+    from commerce.offers.models import Offer
+    from tests.helpers import open_shop
+
+    shop = open_shop(client)
+    answer = client.post(
+        f"/v1/conversations/{shop.conversation['id']}/offers",
+        json={"title": "Hold for 4242 4242 4242 4242", "amount": 100, "currency": "USD"},
+        headers=shop.headers,
+    )
+    assert answer.status_code == 201
+    assert "4242 4242 4242 4242" not in answer.get_data(as_text=True)
+    stored = db.scalars(select(Offer.title).where(Offer.id == answer.json["id"])).one()
+    assert "4242 4242 4242 4242" not in stored
+    assert stored.startswith("Hold for ")
+    assert "4242" in stored
