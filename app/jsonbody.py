@@ -14,7 +14,6 @@ from webargs.flaskparser import FlaskParser
 from commerce.cards.scrub import paths, scrub
 from commerce.strictjson import BodyError, loads_strict
 
-
 #: Fields of API bodies that hold ids assigned elsewhere (a store's MID, a chat platform's
 #: page, thread and user ids, a partner's cardholder reference): kept as sent when they have
 #: an identifier's shape, though one numeric id in ten passes the Luhn check.
