@@ -24,4 +24,6 @@ def install_pan_filter() -> None:
 
 def configure(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The Stripe SDK logs request bodies at DEBUG; chatledger's own log says what it sent.
+    logging.getLogger("stripe").setLevel(max(logging.INFO, logging.getLevelName(level)))
     install_pan_filter()

@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -832,6 +833,18 @@ _STANDARD_RECORD_FIELDS = frozenset(
 ) | {"message", "asctime", "taskName"}
 
 
+def _mask_log_text(text: str) -> str:
+    """Mask a log line, also where it is URL-encoded (a form body an HTTP client logs at
+    DEBUG writes "4242+4242+..." or full-width digits as %EF%BC%94...): if the decoded line
+    holds a card number, the decoded line is logged, masked."""
+    masked = mask(text)
+    if "%" in text or "+" in text:
+        decoded = urllib.parse.unquote_plus(text)
+        if decoded != text and find_pans(decoded):
+            return mask(decoded)
+    return masked
+
+
 class PanLogFilter(logging.Filter):
     """Masks PANs in log records: the rendered message, exception text, stack and extras.
 
@@ -849,7 +862,7 @@ class PanLogFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken %-format: still log, masked, what was given
             message = f"{record.msg!s} {record.args!r}"
-        record.msg = mask(message)
+        record.msg = _mask_log_text(message)
         record.args = ()
         if isinstance(getattr(record, "message", None), str):
             record.message = record.msg

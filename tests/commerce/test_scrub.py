@@ -816,3 +816,19 @@ def test_identifier_fields_keep_a_luhn_valid_id_but_not_text():
     assert result.document["message"]["mid"] != luhn_valid_id
     spaced = scrub({"sender": {"id": "4242 4242 4242 4242"}}, hasher=None, identifiers=rule)
     assert "4242 4242" not in spaced.document["sender"]["id"]
+
+
+def test_the_log_filter_masks_url_encoded_card_numbers():
+    record = logging.LogRecord(
+        "stripe",
+        logging.DEBUG,
+        __file__,
+        1,
+        "body: %s",
+        ("description=Gift+card+4242+4242+4242+4242&amount=100",),
+        None,
+    )
+    PanLogFilter().filter(record)
+    assert "4242+4242+4242+4242" not in record.getMessage()
+    assert "4242 4242 4242 4242" not in record.getMessage()
+    assert "amount=100" in record.getMessage()
