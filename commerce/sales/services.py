@@ -171,19 +171,7 @@ def record_event(
 
 def derive(session: Session, sale: Sale) -> Ledger:
     """Fold the sale's whole history and write the result onto the sale row."""
-    rows = session.execute(
-        select(
-            SaleEvent.id,
-            SaleEvent.kind,
-            SaleEvent.occurred_at,
-            SaleEvent.source_ref,
-            SaleEvent.amount,
-        ).where(SaleEvent.sale_id == sale.id)
-    ).all()
-    ledger, _ = fold(
-        Fact(r.id, EventKind(r.kind), r.occurred_at, ref=r.source_ref, amount=r.amount)
-        for r in rows
-    )
+    ledger = _fold_history(session, sale.id)
     sale.state = ledger.state.value
     sale.amount_captured = ledger.amount_captured
     sale.amount_refunded = ledger.amount_refunded
@@ -195,8 +183,10 @@ def derive(session: Session, sale: Sale) -> Ledger:
 def _ledger_of(sale: Sale) -> Ledger:
     """The sale's current derived state, rebuilt from the history for exact set semantics."""
     session = Session.object_session(sale)
-    if session is None:
-        return Ledger()
+    return Ledger() if session is None else _fold_history(session, sale.id)
+
+
+def _fold_history(session: Session, sale_id: str) -> Ledger:
     rows = session.execute(
         select(
             SaleEvent.id,
@@ -204,7 +194,7 @@ def _ledger_of(sale: Sale) -> Ledger:
             SaleEvent.occurred_at,
             SaleEvent.source_ref,
             SaleEvent.amount,
-        ).where(SaleEvent.sale_id == sale.id)
+        ).where(SaleEvent.sale_id == sale_id)
     ).all()
     ledger, _ = fold(
         Fact(r.id, EventKind(r.kind), r.occurred_at, ref=r.source_ref, amount=r.amount)
