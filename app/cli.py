@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import click
 
 from app.config import PREFIX, ConfigError, Settings
+from app.privacy_cli import privacy
 
 
 def _settings() -> Settings:
@@ -262,6 +263,9 @@ def stripe_backfill(since: object) -> None:
                 )
             added += stored.created
     click.echo(f"{seen} events listed by Stripe, {added} were missing and are now stored")
+
+
+main.add_command(privacy)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ What it does, in order:
 3. acceptance: drives `POST /bench/raw-insert` (baseline) and `POST /webhooks/stripe`
    (door) alternately, --rounds times, with N keep-alive connections spread evenly over
    the gunicorn workers, a warm-up (not counted) and a fixed duration. Every request is a
-   new `payment_intent.succeeded` event: a `pi_` the stand-in produced, with a unique `evt_`
+   new `payment_intent.succeeded` event, made from one the stand-in emitted: a unique `evt_`
    and `pi_` id, `created` now, the SDK's API version, serialized the way Stripe delivers
-   events (indented JSON), and signed when it is sent with
+   events (indented JSON), and signed just before it is sent with
    `stripe.WebhookSignature.generate_signature_header`. Both scenarios send the same kind of
    request; the baseline ignores the signature. No worker runs, so the door is measured
    alone: its tasks queue in Redis, and the queue and the inbox are checked and emptied
@@ -28,9 +28,11 @@ What it does, in order:
    API (a merchant, a conversation, one offer and one checkout per sale, the checkouts
    creating their PaymentIntents at the stand-in), each paid at the stand-in, and their
    `payment_intent.succeeded` events delivered through the door while no worker runs. Then
-   ONE worker (`celery -A app.worker:celery worker --pool P --concurrency C`) is started,
-   and the time from its "ready" line until no inbox row is pending any more (the database
-   is polled every 50 ms) gives the events per second; every sale must end `paid`;
+   ONE worker (`celery -A app.worker:celery worker --pool P --concurrency C`) is started.
+   The database is polled every 50 ms until no inbox row is pending (or failed); the time
+   from the worker's "ready" line to the last event's `processed_at` gives the events per
+   second. The inbox's and the sales' final states are reported (all should be
+   `processed` and `paid`);
 5. prints a Markdown report and writes it to bench/results/.
 
 Gunicorn, the worker and the Stripe stand-in are stopped and the database dropped in every

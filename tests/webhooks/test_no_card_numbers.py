@@ -40,11 +40,13 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
+from app.cli import main
 from commerce.cards.scrub import find_pans
 from tests.conftest import CHAT_APP_SECRET, STRIPE_WEBHOOK_SECRETS, wait_for
 from tests.helpers import OPERATOR, bearer, create_merchant
@@ -53,8 +55,6 @@ from webhooks.models import InboxEvent
 
 pytestmark = pytest.mark.worker
 
-#: Stripe's documented test numbers: Visa, Mastercard, American Express, Discover.
-PANS = ("4242424242424242", "5555555555554444", "378282246310005", "6011111111111117")
 #: ASCII digit -> full-width digit (U+FF10..U+FF19).
 FULL_WIDTH = {ord("0") + d: 0xFF10 + d for d in range(10)}
 
@@ -70,6 +70,45 @@ def luhn(digits: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
+
+
+def _luhn_complete(prefix: str, length: int) -> str:
+    """`prefix`, padded with fixed digits to `length` - 1, plus its Luhn check digit."""
+    body = (prefix + "0123456789" * 2)[: length - 1]
+    for check in "0123456789":
+        if luhn(body + check):
+            return body + check
+    raise AssertionError("no check digit")
+
+
+#: Stripe's documented test numbers (Visa, Mastercard, American Express, Discover), then one
+#: number of every other brand and length a card can have.
+PANS = (
+    "4242424242424242",
+    "5555555555554444",
+    "378282246310005",
+    "6011111111111117",
+    *(
+        _luhn_complete(prefix, length)
+        for prefix, length in (
+            ("4", 13),  # Visa, 13 digits
+            ("4", 19),  # Visa, 19 digits
+            ("51", 16),
+            ("53", 16),
+            ("55", 16),  # Mastercard 51-55
+            ("2221", 16),
+            ("2720", 16),  # Mastercard 2-series
+            ("34", 15),  # American Express
+            ("36", 14),
+            ("300", 14),  # Diners Club, 14 digits
+            ("65", 16),  # Discover
+            ("3528", 16),  # JCB
+            ("62", 19),  # UnionPay, 19 digits
+            ("6759", 16),
+            ("50", 18),  # Maestro
+        )
+    ),
+)
 
 
 def not_luhn(digits: str) -> str:
@@ -88,11 +127,17 @@ def digit_id(length: int) -> str:
 
 
 def grouped(pan: str, separator: str) -> str:
-    sizes = (4, 6, 5) if len(pan) == 15 else (4, 4, 4, 4)
+    if len(pan) == 15:
+        sizes: tuple[int, ...] = (4, 6, 5)
+    elif len(pan) == 14:
+        sizes = (4, 6, 4)
+    else:
+        sizes = (4,) * (len(pan) // 4) + ((len(pan) % 4,) if len(pan) % 4 else ())
     parts, at = [], 0
     for size in sizes:
         parts.append(pan[at : at + size])
         at += size
+    assert "".join(parts) == pan
     return separator.join(parts)
 
 
@@ -638,3 +683,23 @@ def test_no_card_number_is_stored_queued_or_logged(
     found = {where: card_numbers_in(content) for where, content in sources.items()}
     problems = [f"{where}: {', '.join(found[where])}" for where in found if found[where]]
     assert not problems, "card numbers found in\n" + "\n".join(problems)
+
+    # And the operator's own tool agrees: `chatledger privacy scan` over the database, Redis
+    # and the logs finds no card number and no plain digest of the test numbers.
+    log_file = settings.data_dir / f"test-process-{through_api}.log"
+    log_file.write_text(sources["test process log"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "privacy",
+            "scan",
+            "--database-url",
+            settings.database_url,
+            "--redis-url",
+            settings.redis_url,
+            str(log_file),
+            str(settings.data_dir / "worker.log"),
+            *(arg for pan in PANS for arg in ("--test-pan", pan)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
