@@ -239,8 +239,8 @@ def stripe_backfill(since: object) -> None:
 
     from app.worker import create_celery
     from commerce import runtime
-    from commerce.db import transaction
     from commerce.payments.stripe import StripeProvider
+    from webhooks import inbox
     from webhooks.receive import accept_stripe_event
 
     settings = _settings()
@@ -254,13 +254,15 @@ def stripe_backfill(since: object) -> None:
         create_celery(
             dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
         ).set_default()
-        factory = runtime.configure_database(database_url)
+        runtime.configure_database(database_url)
         for event in provider.list_events(since=start):
             seen += 1
-            with transaction(factory) as session:
+            with runtime.connection() as connection:
                 stored = accept_stripe_event(
-                    session, event, str(event.get("type", "")), headers={"backfill": True}
+                    connection, event, str(event.get("type", "")), headers={"backfill": True}
                 )
+            if stored.created and stored.status == "pending":
+                inbox.send(stored.id)
             added += stored.created
     click.echo(f"{seen} events listed by Stripe, {added} were missing and are now stored")
 

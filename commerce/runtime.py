@@ -6,7 +6,10 @@ domain reads configuration from the environment itself.
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Engine, make_url
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from commerce.db import make_engine, make_session_factory, normalize_url
@@ -32,6 +35,14 @@ def engine() -> Engine:
     if _engine is None:
         raise RuntimeError("the database is not configured: call configure_database() at start")
     return _engine
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    """A Core connection in a transaction that commits when the block ends (rolls back on an
+    exception): for hot paths that need no ORM session."""
+    with engine().begin() as conn:
+        yield conn
 
 
 def sessions() -> sessionmaker[Session]:

@@ -105,25 +105,8 @@ def loads_strict(data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BodyError("The body is not valid UTF-8.") from None
-    # Depth is checked before the C parser recurses: count brackets cheaply first.
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise BodyError(f"The body nests deeper than {MAX_DEPTH} levels.")
-        elif char in "]}":
-            depth -= 1
+    # Depth: the C parser guards its own recursion (RecursionError, caught below) and the
+    # tree walk refuses anything deeper than MAX_DEPTH; no pre-scan of the text is needed.
     try:
         document = json.loads(
             text,

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,13 @@ def db(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Session]:
         bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
     )
     monkeypatch.setattr(runtime, "_factory", factory)
+
+    @contextmanager
+    def nested_connection() -> Iterator[Connection]:
+        with connection.begin_nested():
+            yield connection
+
+    monkeypatch.setattr(runtime, "connection", nested_connection)
     session = factory()
     try:
         yield session

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from commerce.cards.scrub import mask
@@ -82,8 +83,40 @@ def _handler_for(source: str) -> Handler:
     return _HANDLERS[prefix]
 
 
-def store(
-    session: Session,
+#: Built once: this insert runs for every event at every door, and a statement made anew
+#: each time costs more in SQLAlchemy's compilation and cache lookup than it does in SQL.
+_INSERT = (
+    insert(InboxEvent.__table__)
+    .values(
+        {
+            column: bindparam(column)
+            for column in (
+                "id",
+                "source",
+                "event_id",
+                "event_type",
+                "payload",
+                "headers",
+                "occurred_at",
+                "received_at",
+                "next_attempt_at",
+                "status",
+                "attempts",
+                "last_error",
+            )
+        }
+    )
+    .on_conflict_do_nothing(index_elements=["source", "event_id"])
+    .returning(InboxEvent.__table__.c.id)
+)
+_EXISTING = select(InboxEvent.__table__.c.id, InboxEvent.__table__.c.status).where(
+    InboxEvent.__table__.c.source == bindparam("source"),
+    InboxEvent.__table__.c.event_id == bindparam("event_id"),
+)
+
+
+def insert_event(
+    connection: Connection,
     *,
     source: str,
     event_id: str,
@@ -94,49 +127,55 @@ def store(
     status: str = "pending",
     error: str | None = None,
 ) -> Stored:
-    """Insert the event unless (source, event id) is already there; send it for processing
-    after the commit when it is new and pending."""
+    """Insert the event unless (source, event id) is already there. Sends nothing: the
+    caller sends the task once its transaction has committed (`store` and the doors do)."""
     new = new_id("inbox_event")
-    inserted = session.execute(
-        insert(InboxEvent)
-        .values(
-            id=new,
-            source=source,
-            event_id=event_id,
-            event_type=event_type[:64],
-            payload=payload,
-            headers=dict(headers or {}),
-            occurred_at=occurred_at,
-            status=status,
-            last_error=error,
-        )
-        .on_conflict_do_nothing(index_elements=[InboxEvent.source, InboxEvent.event_id])
-        .returning(InboxEvent.id)
+    now = utcnow()
+    inserted = connection.execute(
+        _INSERT,
+        {
+            "id": new,
+            "source": source,
+            "event_id": event_id,
+            "event_type": event_type[:64],
+            "payload": payload,
+            "headers": dict(headers or {}),
+            "occurred_at": occurred_at,
+            "received_at": now,
+            "next_attempt_at": now,
+            "status": status,
+            "attempts": 0,
+            "last_error": error,
+        },
     ).scalar_one_or_none()
     if inserted is None:
-        existing = session.execute(
-            select(InboxEvent.id, InboxEvent.status).where(
-                InboxEvent.source == source, InboxEvent.event_id == event_id
-            )
-        ).one()
+        existing = connection.execute(_EXISTING, {"source": source, "event_id": event_id}).one()
         return Stored(existing.id, created=False, status=existing.status)
-    if status == "pending":
-        enqueue(session, inserted)
     return Stored(inserted, created=True, status=status)
 
 
-def enqueue(session: Session, inbox_id: str) -> None:
-    """Send the processing task once the transaction commits. If the broker is down the
+def store(session: Session, **event: Any) -> Stored:
+    """`insert_event` in an ORM session; a new pending event is sent after the commit."""
+    stored = insert_event(session.connection(), **event)
+    if stored.created and stored.status == "pending":
+        enqueue(session, stored.id)
+    return stored
+
+
+def send(inbox_id: str) -> None:
+    """Send the processing task now (the caller has committed). If the broker is down the
     event stays `pending` and the periodic sweep sends it: accepted events are never lost."""
     from webhooks import tasks
 
-    def send() -> None:
-        try:
-            tasks.process_event.apply_async(args=[inbox_id])
-        except Exception:  # the broker's errors vary by transport; the sweep covers all of them
-            log.warning("inbox event %s not queued; the sweep will send it", inbox_id)
+    try:
+        tasks.process_event.apply_async(args=[inbox_id])
+    except Exception:  # the broker's errors vary by transport; the sweep covers all of them
+        log.warning("inbox event %s not queued; the sweep will send it", inbox_id)
 
-    after_commit(session, send)
+
+def enqueue(session: Session, inbox_id: str) -> None:
+    """Send the processing task once the session's transaction commits."""
+    after_commit(session, lambda: send(inbox_id))
 
 
 def backoff(attempts: int) -> timedelta:

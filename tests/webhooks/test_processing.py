@@ -151,7 +151,7 @@ def test_every_order_of_a_sales_events_ends_the_same(app, committed, stripe):
         for index in order:
             with transaction(committed) as session:
                 stored = accept_stripe_event(
-                    session, events[index], events[index]["type"], headers={}
+                    session.connection(), events[index], events[index]["type"], headers={}
                 )
             assert inbox.process(committed, stored.id) in ("processed", "waiting")
         with committed() as session:
@@ -190,7 +190,7 @@ def test_an_event_before_its_sale_waits_and_is_applied_later(app, committed, str
         },
     )
     with transaction(committed) as session:
-        stored = accept_stripe_event(session, event, event["type"], headers={})
+        stored = accept_stripe_event(session.connection(), event, event["type"], headers={})
     assert inbox.process(committed, stored.id) == "waiting"
     with committed() as session:
         row = session.get(InboxEvent, stored.id)
@@ -218,7 +218,7 @@ def test_a_failing_event_keeps_its_error_and_can_be_replayed(app, committed, str
     with transaction(committed) as session:
         sale = checkout(session, merchant_id=shop.merchant["id"], offer_id=shop.offer["id"]).sale
         event["data"]["object"]["id"] = sale.payment_intent_id
-        stored = accept_stripe_event(session, event, event["type"], headers={})
+        stored = accept_stripe_event(session.connection(), event, event["type"], headers={})
     with pytest.raises(ValueError, match="invalid literal"):
         inbox.process(committed, stored.id)
     with committed() as session:
