@@ -59,6 +59,7 @@ from commerce.cards.scrub import (
     PAN_MIN_DIGITS,
     brand_of,
     find_pans,
+    in_long_hex_token,
     mask,
     normalize_digits,
 )
@@ -623,7 +624,8 @@ class Scanner:
                 group = stretch.strip(tables.latin1_separators)
                 if group.isdigit():  # one group: the common case (ids, timestamps)
                     digits = group
-                    possible = _could_be_pan(group)
+                    # Digits between the letters of a digest are not a card (scrub.find_pans).
+                    possible = _could_be_pan(group) and not in_long_hex_token(window, start, end)
                 else:
                     digits = stretch.translate(None, tables.not_digit)
                     possible = len(digits) >= PAN_MIN_DIGITS

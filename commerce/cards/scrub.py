@@ -198,6 +198,9 @@ def find_pans(text: str) -> list[PanMatch]:
       digits is an international phone number (E.164), not a PAN; at 16 digits or more, or
       further into the run, it is a PAN again.
     - Letters are boundaries like any other non-digit: "tok4..." still has its PAN found.
+      Except inside a hex token of 32 characters or more (a SHA-256 or HMAC digest, such
+      as the keyed card hashes chatledger stores): one digest in about 130 holds a
+      Luhn-valid run of digits between its letters, and it is a digest, not a card.
     """
     if not _may_hold_pan(text):
         return []
@@ -210,12 +213,39 @@ def find_pans(text: str) -> list[PanMatch]:
         run_text = run.group()
         if run_text.isdecimal():
             # The common case: one group, no separators.
+            if in_long_hex_token(text, start, end):
+                continue
             digits = _ascii(run_text)
             if _is_pan(digits) and not (phone and len(digits) <= _E164_MAX_DIGITS):
                 matches.append(PanMatch(start, end, digits))
             continue
         matches.extend(_pans_in_run(text, start, end, phone))
     return matches
+
+
+_HEX_CHARS = frozenset("0123456789abcdefABCDEF")
+#: A hex token this long is a digest (MD5 has 32 hex digits, SHA-256 64), never prose.
+LONG_HEX_TOKEN = 32
+
+
+def in_long_hex_token(text: str | bytes, start: int, end: int) -> bool:
+    """Whether text[start:end] (digits) lies inside a hex token of LONG_HEX_TOKEN or more
+    characters that has at least one letter: a digest, whatever the digits in it look like."""
+    hex_chars: Any = _HEX_CHARS if isinstance(text, str) else _HEX_BYTES
+    left = start
+    while left > 0 and text[left - 1] in hex_chars:
+        left -= 1
+    right = end
+    size = len(text)
+    while right < size and text[right] in hex_chars:
+        right += 1
+    if right - left < LONG_HEX_TOKEN:
+        return False
+    token = text[left:right]
+    return not (token.isdigit() if isinstance(token, bytes) else token.isdecimal())
+
+
+_HEX_BYTES = frozenset(b"0123456789abcdefABCDEF")
 
 
 #: A digit doubled by Luhn, digits summed: 7 -> 14 -> 5.

@@ -832,3 +832,16 @@ def test_the_log_filter_masks_url_encoded_card_numbers():
     assert "4242+4242+4242+4242" not in record.getMessage()
     assert "4242 4242 4242 4242" not in record.getMessage()
     assert "amount=100" in record.getMessage()
+
+
+def test_digits_between_the_letters_of_a_digest_are_not_a_card_number():
+    """One SHA-256 hex digest in about 130 holds a Luhn-valid run of digits between its
+    letters; a digest is not a card. A card number next to a short word still is one."""
+    import hashlib
+
+    digests = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(5000)]
+    assert not [d for d in digests if find_pans(d)]
+    assert find_pans("card4242424242424242")
+    assert find_pans("x" * 40 + " 4242424242424242")
+    # A long run of digits alone is an identifier (no letter), handled by the group rule.
+    assert not find_pans("1" * 40)
