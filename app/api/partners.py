@@ -123,6 +123,16 @@ class Partners(MethodView):
         return partner
 
 
+@blp.route("/<partner_id>")
+class PartnerById(MethodView):
+    @operator_only
+    @blp.response(200, PartnerResponseSchema)
+    @blp.doc(security=BEARER)
+    def get(self, partner_id: str) -> Any:
+        """One partner, with how many card numbers it sent in the clear (flagged)."""
+        return get_partner(db(), partner_id)
+
+
 @blp.route("/<partner_id>/secrets")
 class PartnerSecrets(MethodView):
     @operator_only

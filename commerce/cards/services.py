@@ -67,3 +67,41 @@ def merchant_alias(session: Session, *, merchant_id: str, card_ref_id: str) -> s
             MerchantCardAlias.card_ref_id == card_ref_id,
         )
     ).one()
+
+
+def link_card_aliases(
+    session: Session,
+    aliases: list[tuple[str, str, str]],
+    *,
+    brand: str | None = None,
+    last4: str | None = None,
+) -> str | None:
+    """Record that these (kind, scope, value) aliases name one card, as a consent listing a
+    card's token and PAR proves: the card reference of the first known alias gains the
+    others. Aliases already known under another reference keep theirs (merging two
+    references is reconciliation's to prove). Returns the card reference id."""
+    if not aliases:
+        return None
+    ref_id = None
+    for kind, scope, value in aliases:
+        ref_id = session.scalar(
+            select(CardAlias.card_ref_id).where(
+                CardAlias.kind == kind, CardAlias.scope == scope, CardAlias.value == value
+            )
+        )
+        if ref_id is not None:
+            break
+    if ref_id is None:
+        kind, scope, value = aliases[0]
+        ref_id = card_ref_for(
+            session, kind=kind, scope=scope, value=value, brand=brand, last4=last4
+        ).id
+    for kind, scope, value in aliases:
+        session.execute(
+            insert(CardAlias)
+            .values(card_ref_id=ref_id, kind=kind, scope=scope, value=value)
+            .on_conflict_do_nothing(
+                index_elements=[CardAlias.kind, CardAlias.scope, CardAlias.value]
+            )
+        )
+    return ref_id

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from commerce import money
+from commerce.cards.services import link_card_aliases
 from commerce.consent.models import BalanceSnapshot, Consent
 from commerce.db import utcnow
 from commerce.errors import InvalidInput
@@ -76,6 +77,13 @@ def apply_consent(
         for key, value in values.items():
             setattr(consent, key, value)
     session.flush()
+    if granted:
+        # The cards a consent lists are each one card, whatever each source calls it.
+        for card in consent.cards:
+            aliases = [("par", "", str(card["par"]))] if card.get("par") else []
+            if card.get("token"):
+                aliases.append(("partner_token", partner_id, str(card["token"])))
+            link_card_aliases(session, aliases, brand=card.get("brand"), last4=card.get("last4"))
     if not granted:
         # The flow stops at once (the door and the read path check the consent), and what
         # was shared under it is deleted now, with a receipt.

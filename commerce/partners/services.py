@@ -127,3 +127,4 @@ def flag_pan(session: Session, partner_id: str, count: int) -> None:
     if partner is not None:
         partner.pan_reports += count
         partner.pan_reported_at = utcnow()
+        session.flush()

@@ -276,3 +276,50 @@ def test_key_rotation_keeps_every_link(client, db):
     after = send(CardHasher([v2, v1]), "txn_after")
     assert after.card_ref_id == before.card_ref_id
     assert rotate(db, CardHasher([v2, v1])) == 0  # nothing left under an older key
+
+
+def test_a_consent_links_the_aliases_of_each_card_it_lists(client, db):
+    from commerce.cards.models import CardAlias
+
+    partner, _ = _partner(client)
+    answer = client.post(
+        f"/v1/partners/{partner['id']}/consents",
+        json={
+            "customer_ref": "cust_7",
+            "status": "granted",
+            "scopes": ["transactions"],
+            "purposes": ["fraud_alerts"],
+            "cards": [{"token": "tok_77", "par": "PAR777", "brand": "visa", "last4": "1111"}],
+        },
+        headers=OPERATOR,
+    )
+    assert answer.status_code == 201
+    refs = db.execute(select(CardAlias.kind, CardAlias.card_ref_id)).all()
+    assert {kind for kind, _ in refs} == {"par", "partner_token"}
+    assert len({ref for _, ref in refs}) == 1
+    # A transaction naming only the token is the same card as one naming only the PAR.
+    by_token = record_card_transaction(
+        db,
+        partner_id=partner["id"],
+        kind="authorized",
+        data={
+            "transaction_id": "t1",
+            "customer_ref": "cust_7",
+            "card": {"token": "tok_77"},
+            "amount": 100,
+            "currency": "USD",
+        },
+        occurred_at=NOW,
+        purposes=("fraud_alerts",),
+    )
+    assert by_token.card_ref_id == refs[0][1]
+
+
+def test_the_operator_sees_a_partner_flagged_for_sending_card_numbers(client, db):
+    from commerce.partners.services import flag_pan
+
+    partner, _ = _partner(client)
+    flag_pan(db, partner["id"], 2)
+    db.flush()
+    shown = client.get(f"/v1/partners/{partner['id']}", headers=OPERATOR).json
+    assert shown["pan_reports"] == 2
