@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 
@@ -87,7 +88,12 @@ def run() -> None:
         click.echo(f"chatledger on {url}  (API docs: {url}/docs)")
         where = f" (kept in {settings.data_dir / 'operator_key'})" if generated else ""
         click.echo(f"operator key: {key}{where}")
+        # Each gunicorn worker writes its metrics here; /metrics adds them up.
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
         env = {
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             PREFIX + "DATABASE_URL": database_url,
             PREFIX + "REDIS_URL": redis_url,
             PREFIX + "OPERATOR_KEY": key,
