@@ -17,7 +17,16 @@ from flask import Flask
 from flask_smorest import Api
 
 from app import auth, errors, logs, web
-from app.api import conversations, health, merchants, offers, partners, privacy, sales
+from app.api import (
+    conversations,
+    health,
+    merchants,
+    offers,
+    partners,
+    privacy,
+    sales,
+    webhook_endpoints,
+)
 from app.config import ConfigError, Settings
 from commerce import payments, runtime
 from commerce.errors import NotFound
@@ -81,7 +90,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     # 4. Blueprints.
     web.register(app)
     health.register(app)
-    for module in (merchants, partners, conversations, offers, sales, privacy):
+    for module in (
+        merchants,
+        partners,
+        conversations,
+        offers,
+        sales,
+        privacy,
+        webhook_endpoints,
+    ):
         api.register_blueprint(module.blp)
     # The webhook doors: outside /v1 and the OpenAPI document, signed rather than keyed.
     app.register_blueprint(receive.blp)

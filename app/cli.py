@@ -109,7 +109,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="heads", show_default=True)
+@click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the migrations up to REVISION."""
     import migrations as migrate

@@ -18,11 +18,19 @@ from app.config import Settings
 from app.embedded import celery_broker_url
 from commerce import payments, runtime
 from commerce.cards.scrub import PanLogFilter
+from commerce.chat import send as chat_send
+from commerce.chat.send import MessengerSendApi
 from commerce.payments.stripe import StripeProvider
 
 #: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
 LONGEST_COUNTDOWN = timedelta(hours=1)
-TASK_MODULES = ["commerce.sales.tasks", "commerce.consent.tasks", "webhooks.tasks"]
+TASK_MODULES = [
+    "commerce.sales.tasks",
+    "commerce.consent.tasks",
+    "commerce.alerts.tasks",
+    "commerce.outbound.tasks",
+    "webhooks.tasks",
+]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -58,8 +66,16 @@ def create_celery(settings: Settings) -> Celery:
                 "task": "webhooks.sweep",
                 "schedule": 15.0,
             },
+            "sweep-webhook-deliveries": {
+                "task": "outbound.sweep",
+                "schedule": 15.0,
+            },
             "privacy-sweep": {
                 "task": "privacy.sweep",
+                "schedule": 60.0,
+            },
+            "sweep-unsent-alerts": {
+                "task": "alerts.sweep_unsent",
                 "schedule": 60.0,
             },
             "sync-unsettled-payments": {
@@ -85,9 +101,12 @@ def create_celery(settings: Settings) -> Celery:
 
 
 def configure_domain(settings: Settings) -> None:
-    """The database and payment provider the tasks use, in this process."""
+    """The database, payment provider and chat send API the tasks use, in this process."""
     assert settings.database_url is not None
     runtime.configure_database(settings.database_url)
+    chat_send.configure(
+        MessengerSendApi(settings.chat_api_base) if settings.chat_api_base else None
+    )
     if settings.stripe_api_key:
         payments.configure(
             StripeProvider(settings.stripe_api_key, api_base=settings.stripe_api_base)

@@ -180,7 +180,7 @@ def render(profiles: list[Profile]) -> str:
         ]
         # CPU shares scale the measured CPU per request; wall shares the client's mean latency.
         scale = cpu_ms if "CPU" in p.title else mean_ms
-        order = [c for c, _, _ in CATEGORIES] + [OUTSIDE]
+        order = list(dict.fromkeys([c for c, _, _ in CATEGORIES] + [OUTSIDE]))
         for category in order:
             if category in p.samples:
                 share = p.samples[category] / total

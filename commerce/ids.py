@@ -31,6 +31,10 @@ PREFIXES = {
     "consent": "cns",
     "card_alias": "card",
     "deletion_receipt": "del",
+    "webhook_endpoint": "whe",
+    "outbound_event": "evt",
+    "webhook_delivery": "whd",
+    "fraud_alert": "fal",
 }
 
 ID_PATTERN = re.compile(r"^[a-z]{3,4}_[0-9A-Za-z]{22}$")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from commerce.access.models import ApiKey, IdempotencyRecord
+from commerce.alerts.models import FraudAlert
 from commerce.audit.models import AuditEntry
 from commerce.cards.models import CardAlias, CardRef, CardTransaction, MerchantCardAlias
 from commerce.chat.models import Conversation, Customer
@@ -10,6 +11,13 @@ from commerce.consent.models import BalanceSnapshot, Consent, DeletionReceipt
 from commerce.db import Base
 from commerce.merchants.models import ChatPage, Merchant, MerchantMid
 from commerce.offers.models import Offer, Touchpoint
+from commerce.outbound.models import (
+    OutboundEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEndpointSecret,
+)
 from commerce.partners.models import Agreement, Partner, PartnerSecret
 from commerce.payouts.models import Payout
 from commerce.sales.models import Refund, Sale, SaleEvent
@@ -29,11 +37,13 @@ __all__ = [
     "Conversation",
     "Customer",
     "DeletionReceipt",
+    "FraudAlert",
     "IdempotencyRecord",
     "Merchant",
     "MerchantCardAlias",
     "MerchantMid",
     "Offer",
+    "OutboundEvent",
     "Partner",
     "PartnerSecret",
     "Payout",
@@ -41,5 +51,9 @@ __all__ = [
     "Sale",
     "SaleEvent",
     "Touchpoint",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEndpointSecret",
     "metadata",
 ]

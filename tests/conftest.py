@@ -30,8 +30,10 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from psycopg.errors import DeadlockDetected
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations as migrate
@@ -39,6 +41,7 @@ from app.config import Settings
 from commerce import runtime
 from commerce.access.services import ensure_operator_key
 from commerce.db import make_session_factory
+from tests.support.chat_server import ChatServer
 from tests.support.stripe_server import StripeServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +60,12 @@ CARD_KEYS = (
 #: The Redis database the suite uses on a shared server, flushed at the start of the run
 #: (CHATLEDGER_TEST_REDIS_DB lets two checkouts on one machine test side by side).
 TEST_REDIS_DB = int(os.environ.get("CHATLEDGER_TEST_REDIS_DB", "15"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that need the Celery worker run last: once started, the worker consumes every
+    # task the later tests queue, and would race the committed tests that truncate tables.
+    items.sort(key=lambda item: item.get_closest_marker("worker") is not None)
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,19 @@ def stripe_server() -> Iterator[StripeServer]:
 
 
 @pytest.fixture(scope="session")
-def settings(servers: Servers, stripe_server: StripeServer, tmp_path_factory) -> Settings:
+def chat_server() -> Iterator[ChatServer]:
+    """The chat platform's send API, standing in locally (tests/support/chat_server.py)."""
+    server = ChatServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    servers: Servers, stripe_server: StripeServer, chat_server: ChatServer, tmp_path_factory
+) -> Settings:
     return Settings.from_env(
         {
             "CHATLEDGER_DATABASE_URL": servers.database_url,
@@ -128,6 +149,7 @@ def settings(servers: Servers, stripe_server: StripeServer, tmp_path_factory) ->
             "CHATLEDGER_CHAT_APP_SECRET": CHAT_APP_SECRET,
             "CHATLEDGER_CHAT_VERIFY_TOKEN": CHAT_VERIFY_TOKEN,
             "CHATLEDGER_CARD_KEYS": CARD_KEYS,
+            "CHATLEDGER_CHAT_API_BASE": chat_server.url,
         }
     )
 
@@ -148,6 +170,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CHATLEDGER_CHAT_APP_SECRET": CHAT_APP_SECRET,
             "CHATLEDGER_CHAT_VERIFY_TOKEN": CHAT_VERIFY_TOKEN,
             "CHATLEDGER_CARD_KEYS": CARD_KEYS,
+            "CHATLEDGER_CHAT_API_BASE": settings.chat_api_base or "",
         }
     )
     return env
@@ -215,8 +238,17 @@ def committed(engine: Engine) -> Iterator[sessionmaker[Session]]:
     factory = make_session_factory(engine)
     yield factory
     tables = ", ".join(f'"{t.name}"' for t in migrate.metadata().sorted_tables)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables}"))
+    for attempt in range(5):
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(f"TRUNCATE {tables}"))
+            break
+        except OperationalError as exc:
+            # A worker task still finishing (a refund recording its webhook events) can hold
+            # one table and want another that TRUNCATE already locked; PostgreSQL then ends
+            # one of the two. If it ended the TRUNCATE, the task has finished by now: again.
+            if not isinstance(exc.orig, DeadlockDetected) or attempt == 4:
+                raise
     with factory() as session:
         ensure_operator_key(session, OPERATOR_KEY)
         session.commit()

@@ -24,6 +24,10 @@ ALLOWED = {
     "commerce/partnerdata.py": "reads with a purpose and audits",
     # A cardholder's export: reads through partnerdata.read with the data-rights purpose.
     "commerce/consent/rights.py": "exports through the read path, audited",
+    # Fraud alerts and balances in chat: they read only through partnerdata.read, with the
+    # purposes fraud_alerts and balance_display; the model is named as read's argument.
+    "commerce/alerts/services.py": "judges and tells transactions through the read path",
+    "commerce/alerts/balances.py": "tells balances through the read path",
     # Writers: they insert a row and read back the one they wrote.
     "commerce/cards/transactions.py": "stores a partner notification",
     "commerce/consent/services.py": "stores a balance snapshot",

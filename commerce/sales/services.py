@@ -165,7 +165,19 @@ def record_event(
     ).scalar_one_or_none()
     if inserted is None:
         return None, Outcome.DUPLICATE
+    previous_state, previous_refunded = sale.state, sale.amount_refunded
     derive(session, sale)
+    if (sale.state, sale.amount_refunded) != (previous_state, previous_refunded):
+        # Merchants' webhooks (sale.paid, sale.refunded, sale.disputed), in this transaction.
+        from commerce.outbound.services import on_sale_changed
+
+        on_sale_changed(
+            session,
+            sale,
+            previous_state=previous_state,
+            previous_refunded=previous_refunded,
+            cause=event_id,
+        )
     return session.get(SaleEvent, event_id), arrival
 
 

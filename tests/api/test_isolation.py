@@ -32,6 +32,8 @@ CONVERTER_KINDS = {
     "conversation_id": "conversation",
     "offer_id": "offer",
     "sale_id": "sale",
+    "endpoint_id": "webhook_endpoint",
+    "delivery_id": "webhook_delivery",
 }
 
 #: Routes only the operator may call, from SPEC section 8: everything under these
@@ -75,6 +77,9 @@ POST_BODIES = {
     "/refunds": lambda: {"amount": 100},
     "/checkout": lambda: None,
     "/sync": lambda: None,
+    "/deliveries/redeliver": lambda: {"status": "delivered"},
+    "/redeliver": lambda: None,
+    "/secrets": lambda: None,
 }
 
 
@@ -184,6 +189,8 @@ def assert_problem(response: TestResponse, status: int) -> dict[str, Any]:
 class Tenant:
     shop: Shop
     sale: dict[str, Any]
+    endpoint_id: str
+    delivery_id: str
 
     @property
     def ids(self) -> dict[str, str]:
@@ -191,12 +198,21 @@ class Tenant:
             "conversation_id": self.shop.conversation["id"],
             "offer_id": self.shop.offer["id"],
             "sale_id": self.sale["id"],
+            "endpoint_id": self.endpoint_id,
+            "delivery_id": self.delivery_id,
         }
 
 
 def paid_tenant(client: FlaskClient, stripe: StripeServer) -> Tenant:
-    """A merchant with a conversation, an offer and a paid sale, made through the API."""
+    """A merchant with a conversation, an offer, a webhook endpoint and a paid sale (so a
+    delivery to the endpoint), made through the API."""
     shop = open_shop(client)
+    endpoint = client.post(
+        "/v1/webhook-endpoints",
+        json={"url": "https://93.184.216.34/hooks", "event_types": ["sale.paid"]},
+        headers=shop.headers,
+    )
+    assert endpoint.status_code == 201, endpoint.json
     checkout = client.post(f"/v1/offers/{shop.offer['id']}/checkout", headers=shop.headers)
     assert checkout.status_code == 201, checkout.json
     sale = checkout.json["sale"]
@@ -204,7 +220,11 @@ def paid_tenant(client: FlaskClient, stripe: StripeServer) -> Tenant:
     synced = client.post(f"/v1/sales/{sale['id']}/sync", headers=shop.headers)
     assert synced.status_code == 200, synced.json
     assert synced.json["state"] == "paid", synced.json
-    return Tenant(shop, synced.json)
+    deliveries = client.get(
+        f"/v1/webhook-endpoints/{endpoint.json['id']}/deliveries", headers=shop.headers
+    )
+    (delivery,) = deliveries.json["data"]
+    return Tenant(shop, synced.json, endpoint.json["id"], delivery["id"])
 
 
 @pytest.fixture

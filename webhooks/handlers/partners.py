@@ -1,4 +1,5 @@
-"""Partner notifications (SPEC section 6) -> card transactions, consents, balances.
+"""Partner notifications (SPEC section 6) -> card transactions (judged for fraud alerts),
+consents, balances.
 
 The door has already refused events outside an agreement in force; the agreement is
 checked again here because it may have ended while the event waited in the inbox.
@@ -11,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from commerce.alerts.services import check_transaction
 from commerce.cards.transactions import record_card_transaction
 from commerce.consent.services import apply_consent, consent_in_force, record_balance
 from commerce.errors import InvalidInput
@@ -76,7 +78,7 @@ def handle(session: Session, row: InboxEvent) -> None:
             raise Ignored("the agreement and the consent share no purpose")
 
     if row.event_type in TRANSACTION_KINDS:
-        record_card_transaction(
+        transaction = record_card_transaction(
             session,
             partner_id=partner_id,
             kind=TRANSACTION_KINDS[row.event_type],
@@ -85,6 +87,10 @@ def handle(session: Session, row: InboxEvent) -> None:
             purposes=purposes,
             inbox_event_id=row.id,
         )
+        if "fraud_alerts" in transaction.purposes:
+            # Judged through the fraud-alerts read path, which checks the consent again;
+            # an alert's sending task is queued after the commit.
+            check_transaction(session, transaction.id)
     elif row.event_type == "balance.updated":
         record_balance(session, partner_id=partner_id, data=data, purposes=purposes)
     else:
