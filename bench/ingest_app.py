@@ -14,11 +14,20 @@ signature check, no parsing, no ORM, no queue: the least a door can do and still
 event durable before it answers.
 
 Never deploy this module: the route takes anything from anyone.
+
+Experiments (bench/run_ingest.py --experiment, for estimating a change to the door without
+changing the product; the report says so): BENCH_INGEST_EXPERIMENT is a comma-separated list of
+
+- `no-task-send`: `webhooks.inbox.send` does nothing, so the door stores the event and answers
+  without sending the processing task (what a door that leaves the sending to a relay or
+  the sweep would cost in the request);
+- `no-pre-ping`: the engine is rebuilt with `pool_pre_ping=False`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import psycopg
@@ -30,6 +39,16 @@ from app import create_app
 RAW_INSERT = "INSERT INTO bench_raw (body) VALUES (%s) RETURNING id"
 
 app = create_app()
+
+EXPERIMENTS = {x for x in os.environ.get("BENCH_INGEST_EXPERIMENT", "").split(",") if x}
+if "no-task-send" in EXPERIMENTS:
+    from webhooks import inbox
+
+    inbox.send = lambda inbox_id: None  # type: ignore[assignment]  # stripe_door calls inbox.send
+if "no-pre-ping" in EXPERIMENTS:
+    from commerce import runtime
+
+    runtime.configure_database(app.config["CHATLEDGER"].database_url, pool_pre_ping=False)
 
 _conninfo = (
     make_url(app.config["CHATLEDGER"].database_url)

@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import timeit
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,120 @@ CATEGORIES: list[tuple[str, str, str]] = [
     ("Flask, rest of the request", "Flask.__call__", "flask/app.py"),
     ("gunicorn: HTTP parsing, writing, dispatch", "ThreadWorker.handle", "gunicorn/"),
 ]
+
+#: A sample whose stack does not start at a thread's or the program's first frame: py-spy
+#: (`--nonblocking`) read only its innermost frames. profile_touchpoints counts these in the
+#: main loop; here they get their own line, so that the main loop is the main loop.
+PARTIAL = "stack cut short by py-spy (innermost frames only)"
+ROOTS = ("_run_module_as_main ", "Thread._bootstrap ", "<module> ")
+
+#: Inside the two largest categories of the door: (category, part, function, file fragment),
+#: the innermost matching frame wins; samples of the category that match none are "rest".
+DETAILS: list[tuple[str, str, str, str]] = [
+    (
+        "task send after the commit: apply_async()",
+        "redis-py: the LPUSH (Redis.execute_command)",
+        "Redis.execute_command",
+        "redis/client.py",
+    ),
+    (
+        "task send after the commit: apply_async()",
+        "kombu: a new Redis client per message (Channel._create_client)",
+        "Channel._create_client",
+        "kombu/transport/redis.py",
+    ),
+    (
+        "task send after the commit: apply_async()",
+        "kombu: rest of Producer.publish()",
+        "Producer.publish",
+        "kombu/messaging.py",
+    ),
+    (
+        "task send after the commit: apply_async()",
+        "celery: message building (AMQP.as_task_v2)",
+        "AMQP.as_task_v2",
+        "celery/app/amqp.py",
+    ),
+    (
+        "INSERT: inbox.insert_event()",
+        "psycopg: Cursor.execute()",
+        "Cursor.execute",
+        "psycopg/cursor.py",
+    ),
+    (
+        "INSERT: inbox.insert_event()",
+        "SQLAlchemy: rest of Connection.execute()",
+        "Connection.execute",
+        "sqlalchemy/engine/base.py",
+    ),
+    (
+        "INSERT: inbox.insert_event()",
+        "result: scalar_one_or_none()",
+        "Result.scalar_one_or_none",
+        "sqlalchemy/engine/result.py",
+    ),
+    ("INSERT: inbox.insert_event()", "new_id()", "new_id", "commerce/ids.py"),
+]
+
+
+def _matches(frame: str, function: str, fragment: str) -> bool:
+    name, _, where = frame.partition(" (")
+    return (name == function or name.endswith("." + function)) and fragment in where
+
+
+def categorize(stack: str) -> str:
+    category = _categorize(stack)
+    if category == pt.OUTSIDE and not stack.startswith(ROOTS):
+        return PARTIAL
+    return category
+
+
+_categorize = pt.categorize
+
+
+def details(path_glob: list[Path]) -> Counter[tuple[str, str]]:
+    """Samples of the DETAILS categories, by (category, part)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    wanted = {category for category, _, _, _ in DETAILS}
+    for path in path_glob:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not (stack and count.isdigit()):
+                continue
+            category = categorize(stack)
+            if category not in wanted:
+                continue
+            part = "rest"
+            for frame in reversed(stack.split(";")):
+                found = [
+                    p for c, p, f, frag in DETAILS if c == category and _matches(frame, f, frag)
+                ]
+                if found:
+                    part = found[0]
+                    break
+            counts[(category, part)] += int(count)
+    return counts
+
+
+def render_details(profile: Any, counts: Counter[tuple[str, str]]) -> str:
+    r = profile.result
+    total = sum(profile.samples.values()) or 1
+    cpu_ms = (r.cpu["gunicorn"] or 0.0) * 1000 / max(1, r.requests)
+    lines = [
+        f"### Inside the largest parts ({profile.title})",
+        "",
+        "| category | part | share of all samples | ms per request |",
+        "| --- | --- | --: | --: |",
+    ]
+    order = list(dict.fromkeys([(c, p) for c, p, _, _ in DETAILS]))
+    for category in dict.fromkeys(c for c, _, _, _ in DETAILS):
+        for key in [k for k in order if k[0] == category] + [(category, "rest")]:
+            share = counts[key] / total
+            lines.append(f"| {key[0]} | {key[1]} | {share:.1%} | {share * cpu_ms:.3f} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def time_steps(template: str, secret: str) -> list[tuple[str, float]]:
@@ -111,7 +226,8 @@ def main() -> int:
     from tests.support.stripe_server import StripeServer
 
     # profile_touchpoints' sampling and report, with the door's categories.
-    pt.CATEGORIES[:] = CATEGORIES
+    pt.CATEGORIES[:] = [*CATEGORIES, (PARTIAL, "", "\0")]  # PARTIAL: listed, never matched
+    pt.categorize = categorize
 
     base_url = os.environ.get("CHATLEDGER_DATABASE_URL", DEFAULT_DATABASE_URL)
     redis_url = os.environ.get("CHATLEDGER_REDIS_URL", ri.DEFAULT_REDIS_URL)
@@ -119,6 +235,8 @@ def main() -> int:
     secret = "whsec_bench_" + os.urandom(16).hex()
     tmp = Path(tempfile.mkdtemp(prefix="chatledger-profile-"))
     profiles: list[Any] = []
+    door_details: Counter[tuple[str, str]] = Counter()
+    detail_profile: Any = None
     steps: list[tuple[str, float]] = []
     stripe_server = StripeServer().start()
     ri.flush_redis(redis_url)
@@ -129,6 +247,7 @@ def main() -> int:
             ri.create_bench_table(db)
             db.close()
             env = server_env(database_url, redis_url, operator_key, tmp)
+            env.pop("BENCH_INGEST_EXPERIMENT", None)  # the product's door, always
             env.update(
                 {
                     "CHATLEDGER_STRIPE_WEBHOOK_SECRETS": secret,
@@ -156,7 +275,7 @@ def main() -> int:
                     out = (args.raw_dir or tmp) / f"run{n}"
                     out.mkdir(parents=True, exist_ok=True)
                     profiles.append(
-                        pt.profile(
+                        profile := pt.profile(
                             py_spy=args.py_spy,
                             server=server,
                             scenario=scenario,
@@ -169,6 +288,12 @@ def main() -> int:
                             title=title,
                         )
                     )
+                    if wall:
+                        # As with the main loop: cut stacks of idle threads are not waits.
+                        profile.samples.pop(PARTIAL, None)
+                    elif scenario is door:
+                        door_details = details(sorted(out.glob("cpu-*.txt")))
+                        detail_profile = profile
                     ri.flush_redis(redis_url)  # the door's tasks: no worker runs
                 steps = time_steps(template, secret)
             finally:
@@ -182,6 +307,8 @@ def main() -> int:
         ri.flush_redis(redis_url)
         shutil.rmtree(tmp, ignore_errors=True)
     print(pt.render(profiles))
+    if detail_profile is not None:
+        print(render_details(detail_profile, door_details))
     print("### The door's CPU-only steps, timed alone (one body, best of 5 x 2000 calls)")
     print()
     print("| step | µs per call |")

@@ -35,6 +35,10 @@ What it does, in order:
    `processed` and `paid`);
 5. prints a Markdown report and writes it to bench/results/.
 
+`--experiment no-task-send[,no-pre-ping]` measures a changed door instead of the product's
+(see bench/ingest_app.py): for estimating a change before making it. The processing part is
+skipped then, and the report's title says it is an experiment.
+
 Gunicorn, the worker and the Stripe stand-in are stopped and the database dropped in every
 case, Ctrl-C included. Nothing here asserts a speed: the script measures and reports.
 The load generator, gunicorn and the CPU accounting are in bench/common.py.
@@ -549,6 +553,12 @@ def render(
         f"Command: `{command}`",
         "",
     ]
+    if args.experiment:
+        out += [
+            f"**Experiment `{','.join(args.experiment)}`: the door measured here is NOT the "
+            "product's** (see bench/ingest_app.py); it estimates a change.",
+            "",
+        ]
     if results:
         out += [
             "## Acceptance: signed Stripe events stored durably",
@@ -719,6 +729,17 @@ def parse_pools(text: str) -> list[tuple[str, int]]:
     return pools
 
 
+EXPERIMENTS = ("no-task-send", "no-pre-ping")
+
+
+def parse_experiments(text: str) -> list[str]:
+    chosen = [x for x in text.split(",") if x]
+    for x in chosen:
+        if x not in EXPERIMENTS:
+            raise argparse.ArgumentTypeError(f"{x!r}: one of {', '.join(EXPERIMENTS)}")
+    return chosen
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="counted seconds per run")
@@ -753,6 +774,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--processing-timeout", type=float, default=600.0, help="seconds per processing run"
+    )
+    parser.add_argument(
+        "--experiment",
+        type=parse_experiments,
+        default=[],
+        help="measure a changed door (no-task-send, no-pre-ping; comma-separated), not the "
+        "product's; skips the processing part",
     )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.events < 1:
@@ -800,6 +828,9 @@ def main(argv: list[str] | None = None) -> int:
                     "CHATLEDGER_STRIPE_API_BASE": stripe_server.url,
                 }
             )
+            env.pop("BENCH_INGEST_EXPERIMENT", None)
+            if args.experiment:
+                env["BENCH_INGEST_EXPERIMENT"] = ",".join(args.experiment)
             server = Gunicorn(env, tmp / "gunicorn.log", app=APP)
             sampler: CpuSampler | None = None
             try:
@@ -854,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
                         },
                     )
                     db.execute("TRUNCATE inbox_events, bench_raw")
-                if args.only in (None, "processing"):
+                if args.only in (None, "processing") and not args.experiment:
                     for pool, concurrency in args.pools:
                         print(
                             f"processing, --pool {pool} --concurrency {concurrency}:",
