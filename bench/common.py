@@ -739,3 +739,62 @@ def server_cpu(result: ScenarioResult) -> float:
     """
     spent = sum(result.cpu[group] or 0.0 for group in ("gunicorn", "postgres", "redis"))
     return spent / max(1, result.requests)
+
+
+# --------------------------------------------------------------------------- API fixtures
+
+
+def created(status: int, answer: Any, what: str) -> Any:
+    """The answer of a creating call, or an error naming what could not be created."""
+    if status != 201:
+        raise RuntimeError(f"creating the {what} answered {status}: {answer}")
+    return answer
+
+
+def create_conversation(port: int, operator_key: str) -> tuple[str, str]:
+    """A merchant and a conversation made through the API: (merchant key, conversation id)."""
+    merchant = created(
+        *call(
+            port,
+            "POST",
+            "/v1/merchants",
+            {
+                "name": "Benchmark Coffee",
+                "mids": ["".join(secrets.choice("0123456789") for _ in range(15))],
+                "chat_pages": [{"channel": "messenger", "page_id": secrets.token_hex(6)}],
+            },
+            operator_key,
+        ),
+        "merchant",
+    )
+    key = merchant["api_key"]["secret"]
+    conversation = created(
+        *call(
+            port,
+            "POST",
+            "/v1/conversations",
+            {
+                "channel": "messenger",
+                "thread_id": "t_" + secrets.token_hex(6),
+                "customer_user_id": secrets.token_hex(8),
+            },
+            key,
+        ),
+        "conversation",
+    )
+    return key, conversation["id"]
+
+
+def create_offer_in(port: int, key: str, conversation_id: str) -> str:
+    """An offer posted in the conversation; its id."""
+    offer = created(
+        *call(
+            port,
+            "POST",
+            f"/v1/conversations/{conversation_id}/offers",
+            {"title": "Cold brew, 1 L", "amount": 1250, "currency": "USD"},
+            key,
+        ),
+        "offer",
+    )
+    return offer["id"]

@@ -77,6 +77,9 @@ from common import (
     Scenario,
     ScenarioResult,
     call,
+    create_conversation,
+    create_offer_in,
+    created,
     fresh_database,
     machine_info,
     prepare_database,
@@ -239,53 +242,11 @@ def make_sales(port: int, operator_key: str, count: int, threads: int = 8) -> li
     [(sale id, payment intent id)]. One offer per sale: a checkout of an offer that already
     has a sale answers that sale."""
 
-    def created(status: int, answer: Any, what: str) -> Any:
-        if status != 201:
-            raise RuntimeError(f"creating the {what} answered {status}: {answer}")
-        return answer
-
-    merchant = created(
-        *call(
-            port,
-            "POST",
-            "/v1/merchants",
-            {
-                "name": "Benchmark Coffee",
-                "mids": ["".join(secrets.choice("0123456789") for _ in range(15))],
-                "chat_pages": [{"channel": "messenger", "page_id": secrets.token_hex(6)}],
-            },
-            operator_key,
-        ),
-        "merchant",
-    )
-    key = merchant["api_key"]["secret"]
-    conversation = created(
-        *call(
-            port,
-            "POST",
-            "/v1/conversations",
-            {
-                "channel": "messenger",
-                "thread_id": "t_" + secrets.token_hex(6),
-                "customer_user_id": secrets.token_hex(8),
-            },
-            key,
-        ),
-        "conversation",
-    )
+    key, conversation_id = create_conversation(port, operator_key)
 
     def one(_: int) -> tuple[str, str]:
-        offer = created(
-            *call(
-                port,
-                "POST",
-                f"/v1/conversations/{conversation['id']}/offers",
-                {"title": "Cold brew, 1 L", "amount": 1250, "currency": "USD"},
-                key,
-            ),
-            "offer",
-        )
-        paid = created(*call(port, "POST", f"/v1/offers/{offer['id']}/checkout", None, key), "sale")
+        offer_id = create_offer_in(port, key, conversation_id)
+        paid = created(*call(port, "POST", f"/v1/offers/{offer_id}/checkout", None, key), "sale")
         return paid["sale"]["id"], paid["payment"]["payment_intent_id"]
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:

@@ -32,7 +32,6 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from common import (
     DEFAULT_DATABASE_URL,
@@ -46,7 +45,8 @@ from common import (
     Scenario,
     ScenarioResult,
     _children,  # noqa: F401 - used as rt._children by bench/profile_touchpoints.py
-    call,
+    create_conversation,
+    create_offer_in,
     fresh_database,
     machine_info,
     prepare_database,
@@ -63,52 +63,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 
 def create_offer(port: int, operator_key: str) -> tuple[str, str]:
     """A merchant, a conversation and an offer made through the API: (merchant key, offer id)."""
-
-    def created(status: int, answer: Any, what: str) -> Any:
-        if status != 201:
-            raise RuntimeError(f"creating the {what} answered {status}: {answer}")
-        return answer
-
-    merchant = created(
-        *call(
-            port,
-            "POST",
-            "/v1/merchants",
-            {
-                "name": "Benchmark Coffee",
-                "mids": ["".join(secrets.choice("0123456789") for _ in range(15))],
-                "chat_pages": [{"channel": "messenger", "page_id": secrets.token_hex(6)}],
-            },
-            operator_key,
-        ),
-        "merchant",
-    )
-    key = merchant["api_key"]["secret"]
-    conversation = created(
-        *call(
-            port,
-            "POST",
-            "/v1/conversations",
-            {
-                "channel": "messenger",
-                "thread_id": "t_" + secrets.token_hex(6),
-                "customer_user_id": secrets.token_hex(8),
-            },
-            key,
-        ),
-        "conversation",
-    )
-    offer = created(
-        *call(
-            port,
-            "POST",
-            f"/v1/conversations/{conversation['id']}/offers",
-            {"title": "Cold brew, 1 L", "amount": 1250, "currency": "USD"},
-            key,
-        ),
-        "offer",
-    )
-    return key, offer["id"]
+    key, conversation_id = create_conversation(port, operator_key)
+    return key, create_offer_in(port, key, conversation_id)
 
 
 # --------------------------------------------------------------------------- report
