@@ -20,6 +20,13 @@ from commerce.outbound.models import (
 )
 from commerce.partners.models import Agreement, Partner, PartnerSecret
 from commerce.payouts.models import Payout
+from commerce.reconciliation.models import (
+    PayoutLine,
+    ReconciliationException,
+    ReconciliationMatch,
+    ReconciliationRun,
+    ReconciliationSettings,
+)
 from commerce.sales.models import Refund, Sale, SaleEvent
 
 metadata = Base.metadata
@@ -47,6 +54,11 @@ __all__ = [
     "Partner",
     "PartnerSecret",
     "Payout",
+    "PayoutLine",
+    "ReconciliationException",
+    "ReconciliationMatch",
+    "ReconciliationRun",
+    "ReconciliationSettings",
     "Refund",
     "Sale",
     "SaleEvent",

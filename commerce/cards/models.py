@@ -69,6 +69,7 @@ class CardTransaction(Base):
         CheckConstraint("amount >= 0", name="amount_not_negative"),
         Index("ix_card_transactions_mid_occurred_at", "mid", "occurred_at"),
         Index("ix_card_transactions_partner_id_transaction_id", "partner_id", "transaction_id"),
+        Index("ix_card_transactions_merchant_id_card_last4", "merchant_id", "card_last4"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -35,6 +35,8 @@ class Sale(Base):
             "amount_refunded >= 0 AND amount_refunded <= amount_captured", name="refund_bounded"
         ),
         Index("ix_sales_merchant_id_created_at", "merchant_id", "created_at", "id"),
+        # Reconciliation compares a merchant's sales and card transactions card by card.
+        Index("ix_sales_merchant_id_card_last4", "merchant_id", "card_last4"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -1,0 +1,1 @@
+"""Reconciliation: each sale against what Stripe and the card networks say happened."""
