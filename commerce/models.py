@@ -27,6 +27,13 @@ from commerce.reconciliation.models import (
     ReconciliationRun,
     ReconciliationSettings,
 )
+from commerce.reports.models import (
+    DashboardSession,
+    MerchantHourRollup,
+    MerchantQuarterRollup,
+    OfferRollup,
+    ReportDelta,
+)
 from commerce.sales.models import Refund, Sale, SaleEvent
 
 metadata = Base.metadata
@@ -43,13 +50,17 @@ __all__ = [
     "Consent",
     "Conversation",
     "Customer",
+    "DashboardSession",
     "DeletionReceipt",
     "FraudAlert",
     "IdempotencyRecord",
     "Merchant",
     "MerchantCardAlias",
+    "MerchantHourRollup",
     "MerchantMid",
+    "MerchantQuarterRollup",
     "Offer",
+    "OfferRollup",
     "OutboundEvent",
     "Partner",
     "PartnerSecret",
@@ -60,6 +71,7 @@ __all__ = [
     "ReconciliationRun",
     "ReconciliationSettings",
     "Refund",
+    "ReportDelta",
     "Sale",
     "SaleEvent",
     "Touchpoint",

@@ -1,0 +1,1 @@
+"""Merchant reports: rollups kept current from every change, and the reports read from them."""

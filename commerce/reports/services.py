@@ -1,0 +1,352 @@
+"""The merchant's reports, read from the rollups (never from the raw sales table).
+
+Each query adds the rollup rows of the window to the change-log rows not folded yet, in one
+statement (one snapshot), so a report is exact when it is read. A report only ever reads one
+merchant's rows: the merchant id comes from the caller's credentials.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from commerce.db import utcnow
+from commerce.errors import InvalidInput
+from commerce.merchants.models import Merchant
+from commerce.reports import attribution as seam
+from commerce.reports.models import FUNNEL, MEASURES
+from commerce.reports.periods import GROUPINGS, Window, window, zone
+from commerce.reports.privacy import Cell, Group, suppress
+
+DIMENSIONS = ("offer", "conversation")
+#: The sales report's figures: `count` is the number of paid sales.
+SALES_FIGURES = ("count", "gross", "refunds", "disputes", "net")
+RATES = (
+    ("viewed_per_delivered", "viewed", "delivered"),
+    ("clicked_per_viewed", "clicked", "viewed"),
+    ("accepted_per_clicked", "accepted", "clicked"),
+    ("paid_per_accepted", "paid", "accepted"),
+    ("paid_per_delivered", "paid", "delivered"),
+)
+_DIM_COLUMNS: dict[str | None, tuple[str, ...]] = {
+    None: (),
+    "offer": ("offer_id", "conversation_id"),
+    "conversation": ("conversation_id",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    merchant_id: str
+    window: Window
+    grouping: str | None = None
+    by: str | None = None
+
+
+def make_query(
+    session: Session,
+    *,
+    merchant_id: str,
+    timezone: str | None,
+    first: date | None,
+    last: date | None,
+    grouping: str | None = None,
+    by: str | None = None,
+) -> Query:
+    """Validate a report's parameters; the zone defaults to the merchant's own."""
+    if grouping is not None and grouping not in GROUPINGS:
+        raise InvalidInput({"group_by": [f"Must be one of {', '.join(GROUPINGS)}."]})
+    if by is not None and by not in DIMENSIONS:
+        raise InvalidInput({"by": [f"Must be one of {', '.join(DIMENSIONS)}."]})
+    if timezone is None:
+        merchant = session.get(Merchant, merchant_id)
+        timezone = merchant.timezone if merchant is not None else "UTC"
+    today = utcnow().astimezone(zone(timezone)).date()
+    return Query(merchant_id, window(timezone, first, last, today=today), grouping, by)
+
+
+def _aggregate(session: Session, query: Query) -> list[dict[str, Any]]:
+    """Sums of every measure by (period, dimension columns, currency) over the window."""
+    w = query.window
+    dims = _DIM_COLUMNS[query.by]
+    if query.by:
+        table = "report_offer_rollups"
+    else:
+        table = "report_merchant_hours" if w.bucket_minutes == 60 else "report_merchant_quarters"
+    measures = ", ".join(MEASURES)
+    dim_select = "".join(f"{d}, " for d in dims)
+    period = "date_trunc(:unit, t AT TIME ZONE :tz)::date" if query.grouping else "NULL::date"
+    group = ", ".join(["period", *dims, "currency"])
+    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
+    sql = f"""
+        SELECT {period} AS period, {dim_select}currency, {sums}
+        FROM (
+            SELECT bucket AS t, {dim_select}currency, {measures} FROM {table}
+            WHERE merchant_id = :m AND bucket >= :start AND bucket < :end
+            UNION ALL
+            SELECT at, {dim_select}currency, {measures} FROM report_deltas
+            WHERE merchant_id = :m AND at >= :start AND at < :end
+        ) AS figures
+        GROUP BY {group}
+        ORDER BY {group}
+    """  # noqa: S608 - table and column names are fixed above, never from the request
+    rows = session.execute(
+        text(sql),
+        {
+            "m": query.merchant_id,
+            "start": w.start,
+            "end": w.end,
+            "unit": query.grouping or "day",
+            "tz": w.tz_name,
+        },
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def _titles(session: Session, merchant_id: str, offer_ids: Sequence[str]) -> dict[str, str]:
+    if not offer_ids:
+        return {}
+    rows = session.execute(
+        text("SELECT id, title FROM offers WHERE merchant_id = :m AND id = ANY(:ids)"),
+        {"m": merchant_id, "ids": list(offer_ids)},
+    )
+    return {r.id: r.title for r in rows}
+
+
+def _money(row: dict[str, Any]) -> dict[str, int]:
+    return {
+        "count": row["paid"],
+        "gross": row["gross"],
+        "refunds": row["refunds"],
+        "disputes": row["disputes"],
+        "net": row["net"],
+    }
+
+
+def _header(query: Query) -> dict[str, Any]:
+    w = query.window
+    return {
+        "timezone": w.tz_name,
+        "from": w.first.isoformat(),
+        "to": w.last.isoformat(),
+        "start": w.start,
+        "end": w.end,
+    }
+
+
+def sales_report(session: Session, query: Query) -> dict[str, Any]:
+    """Paid sales by period (and offer or conversation) and currency, with totals per currency."""
+    grouping = query.grouping or "day"
+    query = Query(query.merchant_id, query.window, grouping, query.by)
+    rows = []
+    totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SALES_FIGURES, 0))
+    for row in _aggregate(session, query):
+        figures = _money(row)
+        if not any(figures.values()):
+            continue  # only touchpoints in this cell: nothing sold
+        start, end = query.window.bounds(row["period"], grouping)
+        out: dict[str, Any] = {"period": row["period"].isoformat(), "start": start, "end": end}
+        for d in _DIM_COLUMNS[query.by]:
+            out[d] = row[d]
+        out["currency"] = row["currency"]
+        out.update(figures)
+        rows.append(out)
+        for name, value in figures.items():
+            totals[row["currency"]][name] += value
+    if query.by == "offer":
+        titles = _titles(session, query.merchant_id, sorted({r["offer_id"] for r in rows}))
+        for r in rows:
+            r["offer_title"] = titles.get(r["offer_id"])
+    return {
+        **_header(query),
+        "group_by": grouping,
+        "by": query.by,
+        "rows": rows,
+        "totals": [{"currency": c, **t} for c, t in sorted(totals.items())],
+    }
+
+
+def _rates(counts: dict[str, int]) -> dict[str, float | None]:
+    return {
+        name: (round(counts[num] / counts[den], 4) if counts[den] else None)
+        for name, num, den in RATES
+    }
+
+
+def funnel_report(session: Session, query: Query) -> dict[str, Any]:
+    """Offers delivered, viewed, clicked, accepted and paid over the window, with the rates
+    from each stage to the next; per offer too with `by=offer`."""
+    if query.by == "conversation":
+        raise InvalidInput({"by": ["The funnel is reported in total or by offer."]})
+    query = Query(query.merchant_id, query.window, None, query.by)
+    total = dict.fromkeys(FUNNEL, 0)
+    per_offer: dict[str, dict[str, Any]] = {}
+    for row in _aggregate(session, query):
+        for stage in FUNNEL:
+            total[stage] += row[stage]
+        if query.by == "offer":
+            entry = per_offer.setdefault(
+                row["offer_id"],
+                {"offer_id": row["offer_id"], "conversation_id": row["conversation_id"]}
+                | dict.fromkeys(FUNNEL, 0),
+            )
+            for stage in FUNNEL:
+                entry[stage] += row[stage]
+    report: dict[str, Any] = {**_header(query), "funnel": total, "rates": _rates(total)}
+    if query.by == "offer":
+        titles = _titles(session, query.merchant_id, sorted(per_offer))
+        report["rows"] = [
+            {**e, "offer_title": titles.get(e["offer_id"]), "rates": _rates(e)}
+            for _, e in sorted(per_offer.items())
+            if any(e[s] for s in FUNNEL)
+        ]
+    return report
+
+
+@dataclass
+class _OffPlatform:
+    cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
+    offers: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def attribution_report(
+    session: Session, query: Query, *, min_cardholders: int, limit: int = 100
+) -> dict[str, Any]:
+    """Attributed revenue by offer: in chat (each paid sale belongs to its own offer and
+    conversation) and off platform (card transactions attributed by commerce/attribution),
+    by attribution window. Off-platform figures come from partner data: every cell, total and
+    subtotal covering fewer than `min_cardholders` distinct cardholders is hidden, and so is
+    any other cell that would let it be worked out by subtraction."""
+    query = Query(query.merchant_id, query.window, None, "offer")
+    in_chat: list[dict[str, Any]] = []
+    chat_totals: dict[str, dict[str, int]] = defaultdict(lambda: {"count": 0, "revenue": 0})
+    for row in _aggregate(session, query):
+        if not (row["paid"] or row["net"]):
+            continue
+        in_chat.append(
+            {
+                "offer_id": row["offer_id"],
+                "conversation_id": row["conversation_id"],
+                "currency": row["currency"],
+                "window": "in_chat",
+                "count": row["paid"],
+                "revenue": row["net"],
+            }
+        )
+        chat_totals[row["currency"]]["count"] += row["paid"]
+        chat_totals[row["currency"]]["revenue"] += row["net"]
+    in_chat.sort(key=lambda r: (-r["revenue"], r["offer_id"]))
+
+    source = seam.off_platform_source()
+    off = _off_platform(session, query, source) if source is not None else _OffPlatform()
+    off_rows, off_totals = _suppressed(off, min_cardholders)
+
+    shown = in_chat[:limit]
+    titles = _titles(
+        session,
+        query.merchant_id,
+        sorted({r["offer_id"] for r in shown} | {r["offer_id"] for r in off_rows}),
+    )
+    for r in (*shown, *off_rows):
+        r["offer_title"] = titles.get(r["offer_id"])
+    return {
+        **_header(query),
+        "min_cardholders": min_cardholders,
+        "in_chat": {
+            "rows": shown,
+            "more": len(in_chat) > limit,
+            "totals": [{"currency": c, **t} for c, t in sorted(chat_totals.items())],
+        },
+        "off_platform": {
+            "available": source is not None,
+            "rows": off_rows,
+            "totals": off_totals,
+        },
+    }
+
+
+def _off_platform(session: Session, query: Query, source: seam.OffPlatformSource) -> _OffPlatform:
+    holders: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    values: dict[tuple[str, str, str], dict[str, int]] = defaultdict(
+        lambda: {"count": 0, "revenue": 0}
+    )
+    result = _OffPlatform()
+    for p in source(session, query.merchant_id, query.window.start, query.window.end):
+        key = (p.currency, p.offer_id, p.window)
+        holders[key].add(p.cardholder)
+        values[key]["count"] += 1
+        values[key]["revenue"] += p.amount
+        result.offers[p.offer_id] = (p.conversation_id, p.currency)
+    for key, figures in values.items():
+        result.cells[key] = Cell(key, figures, frozenset(holders[key]))
+    return result
+
+
+def _total(key: Any, members: Sequence[Cell]) -> Cell:
+    figures = {"count": 0, "revenue": 0}
+    for m in members:
+        figures["count"] += m.values["count"]
+        figures["revenue"] += m.values["revenue"]
+    return Cell(key, figures, frozenset().union(*(m.holders for m in members)))
+
+
+def _suppressed(
+    off: _OffPlatform, k: int
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Cells and totals of off-platform revenue, each shown or marked suppressed."""
+    cells = list(off.cells.values())
+    by_window: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    by_offer: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    by_currency: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        currency, offer_id, win = cell.key
+        by_window[(currency, win)].append(cell)
+        by_offer[(currency, offer_id)].append(cell)
+        by_currency[currency].append(cell)
+    window_totals = {key: _total(key, members) for key, members in by_window.items()}
+    offer_totals = {key: _total(key, members) for key, members in by_offer.items()}
+    currency_totals = {key: _total(key, members) for key, members in by_currency.items()}
+    groups = [Group(window_totals[key], members) for key, members in by_window.items()]
+    groups += [Group(offer_totals[key], members) for key, members in by_offer.items()]
+    for currency, total in currency_totals.items():
+        groups.append(Group(total, [t for (c, _), t in window_totals.items() if c == currency]))
+        groups.append(Group(total, [t for (c, _), t in offer_totals.items() if c == currency]))
+    everything = [*cells, *window_totals.values(), *offer_totals.values()]
+    suppress([*everything, *currency_totals.values()], groups, k)
+
+    def shown(cell: Cell, **labels: Any) -> dict[str, Any]:
+        hidden = cell.suppressed is not None
+        return {
+            **labels,
+            "count": None if hidden else cell.values["count"],
+            "revenue": None if hidden else cell.values["revenue"],
+            "suppressed": hidden,
+            "suppression": cell.suppressed,
+        }
+
+    rows = [
+        shown(
+            cell,
+            offer_id=cell.key[1],
+            conversation_id=off.offers[cell.key[1]][0],
+            currency=cell.key[0],
+            window=cell.key[2],
+        )
+        for cell in sorted(cells, key=lambda c: c.key)
+    ]
+    totals = {
+        "by_currency": [shown(t, currency=c) for c, t in sorted(currency_totals.items())],
+        "by_window": [
+            shown(t, currency=c, window=w) for (c, w), t in sorted(window_totals.items())
+        ],
+        "by_offer": [
+            shown(t, currency=c, offer_id=o) for (c, o), t in sorted(offer_totals.items())
+        ],
+    }
+    return rows, totals
