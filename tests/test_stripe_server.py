@@ -495,12 +495,17 @@ def _one_of_each(server: StripeServer, sdk: stripe.StripeClient) -> dict[str, di
     server.succeed(intent.id)
     refund = sdk.v1.refunds.create(params={"payment_intent": intent.id, "amount": 100})
     paid = server.get(intent.id)
+    event = server.events[-1]
+    dispute = server.dispute(intent.id, amount=500)
+    server.succeed(_create_intent(sdk, amount=5000).id)  # enough for the dispute fee
     return {
         "payment_intent": paid,
         "charge": server.get(paid["latest_charge"]),
         "refund": server.get(refund.id),
         "balance_transaction": server.get(server.get(paid["latest_charge"])["balance_transaction"]),
-        "event": server.events[-1],
+        "event": event,
+        "dispute": dispute,
+        "payout": server.pay_out(),
     }
 
 
@@ -511,7 +516,8 @@ def _json_kind(value: Any) -> str:
 
 
 @pytest.mark.parametrize(
-    "object_type", ["payment_intent", "refund", "charge", "event", "balance_transaction"]
+    "object_type",
+    ["payment_intent", "refund", "charge", "event", "balance_transaction", "dispute", "payout"],
 )
 def test_objects_carry_every_top_level_field_of_stripes_examples(
     server: StripeServer, sdk: stripe.StripeClient, object_type: str
@@ -623,3 +629,140 @@ def test_concurrent_requests_with_one_key_create_one_intent(server: StripeServer
         ids = set(pool.map(create, range(8)))
     assert len(ids) == 1
     assert len(server.objects("payment_intent")) == 1
+
+
+# -- disputes and payouts ------------------------------------------------------------
+
+
+def test_a_payout_lists_its_charges_refunds_disputes_and_fees(
+    server: StripeServer, sdk: stripe.StripeClient
+) -> None:
+    kept = _create_intent(sdk, amount=2000)
+    server.succeed(kept.id)
+    refunded = _create_intent(sdk, amount=1000)
+    server.succeed(refunded.id)
+    refund = sdk.v1.refunds.create(params={"payment_intent": refunded.id, "amount": 300})
+    disputed = _create_intent(sdk, amount=1500)
+    server.succeed(disputed.id)
+    dispute = server.dispute(disputed.id)
+    assert (dispute["status"], dispute["amount"]) == ("needs_response", 1500)
+    assert sdk.v1.charges.retrieve(dispute["charge"]).disputed is True
+    assert [e["type"] for e in server.events][-2:] == [
+        "charge.dispute.created",
+        "charge.dispute.funds_withdrawn",
+    ]
+    withdrawal = dispute["balance_transactions"][0]
+    assert (withdrawal["type"], withdrawal["source"]) == ("adjustment", dispute["id"])
+    assert withdrawal["net"] == -1500 - withdrawal["fee"]
+    assert sdk.v1.disputes.retrieve(dispute["id"]).charge == dispute["charge"]
+
+    payout = server.pay_out(fees=[25])
+    lines = list(
+        sdk.v1.balance_transactions.list(
+            params={"payout": payout["id"], "limit": 2}
+        ).auto_paging_iter()
+    )
+    by_type: dict[str, list[Any]] = {}
+    for line in lines:
+        by_type.setdefault(line.type, []).append(line)
+    assert sorted((t, len(v)) for t, v in by_type.items()) == [
+        ("adjustment", 1),
+        ("charge", 3),
+        ("payout", 1),
+        ("refund", 1),
+        ("stripe_fee", 1),
+    ]
+    assert by_type["refund"][0].source == refund.id
+    assert by_type["payout"][0].source == payout["id"]
+    assert by_type["stripe_fee"][0].source is None
+    assert by_type["stripe_fee"][0].net == -25
+    assert payout["amount"] == sum(line.net for line in lines if line.type != "payout")
+    assert by_type["payout"][0].amount == -payout["amount"]
+    assert len({line.id for line in lines}) == len(lines) == 7
+
+    fetched = sdk.v1.payouts.retrieve(payout["id"])
+    assert (fetched.status, fetched.amount, fetched.automatic) == ("paid", payout["amount"], True)
+    paid = [e for e in server.events if e["type"] == "payout.paid"]
+    assert [e["data"]["object"]["id"] for e in paid] == [payout["id"]]
+    assert paid[0]["data"]["previous_attributes"] == {"status": "in_transit"}
+
+    # Paid out once: the next payout has only what came after.
+    later = _create_intent(sdk, amount=800)
+    server.succeed(later.id)
+    second = server.pay_out()
+    listed = sdk.v1.balance_transactions.list(params={"payout": second["id"]})
+    assert sorted(line.type for line in listed.data) == ["charge", "payout"]
+    charge_line = next(line for line in listed.data if line.type == "charge")
+    assert second["amount"] == charge_line.net
+
+
+def test_a_payout_of_chosen_lines_that_does_not_add_up(
+    server: StripeServer, sdk: stripe.StripeClient
+) -> None:
+    one, two = _create_intent(sdk, amount=1000), _create_intent(sdk, amount=1200)
+    server.succeed(one.id)
+    server.succeed(two.id)
+    charge = server.get(server.get(one.id)["latest_charge"])
+    payout = server.pay_out(balance_transactions=[charge["id"]], amount=123)
+    listed = sdk.v1.balance_transactions.list(
+        params={"payout": payout["id"], "expand": ["data.source"]}
+    )
+    assert sorted(line.type for line in listed.data) == ["charge", "payout"]
+    line = next(line for line in listed.data if line.type == "charge")
+    assert isinstance(line.source, stripe.Charge)
+    assert line.source.payment_intent == one.id
+    assert payout["amount"] == 123 != line.net
+
+    with pytest.raises(StripeApiError):
+        server.pay_out(balance_transactions=[charge["id"]])  # paid out already
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        sdk.v1.balance_transactions.list(params={"payout": "po_doesnotexist"})
+    assert unknown.value.http_status == 404
+
+
+def test_payouts_over_http_and_per_connected_account(
+    server: StripeServer, sdk: stripe.StripeClient
+) -> None:
+    account = {"stripe_account": "acct_1Merchant"}
+    intent = sdk.v1.payment_intents.create(
+        params={"amount": 1250, "currency": "usd"}, options=account
+    )
+    sdk.raw_request("post", f"/_test/payment_intents/{intent.id}/succeed", **account)
+    platform = _create_intent(sdk)
+    server.succeed(platform.id)
+
+    payout = sdk.raw_request("post", "/_test/payouts", fees=["10"], **account)
+    payout_id = sdk.deserialize(payout, api_mode="V1").id
+    lines = sdk.v1.balance_transactions.list(params={"payout": payout_id}, options=account)
+    assert sorted(line.type for line in lines.data) == ["charge", "payout", "stripe_fee"]
+    assert server.events[-1]["account"] == "acct_1Merchant"
+    assert server.events[-1]["type"] == "payout.paid"
+    # Another account's payout answers like one that does not exist.
+    with pytest.raises(stripe.InvalidRequestError):
+        sdk.v1.payouts.retrieve(payout_id)
+    with pytest.raises(stripe.InvalidRequestError):
+        sdk.v1.balance_transactions.list(params={"payout": payout_id})
+
+    disputed = sdk.raw_request("post", f"/_test/charges/{platform.id}/dispute", amount="500")
+    dispute = sdk.deserialize(disputed, api_mode="V1")
+    assert (dispute.object, dispute.amount) == ("dispute", 500)
+
+
+def test_payout_requests_are_allowed_by_stripes_spec(
+    server: StripeServer, sdk: stripe.StripeClient
+) -> None:
+    load_spec()
+    intent = _create_intent(sdk, amount=5000)
+    server.succeed(intent.id)
+    server.dispute(intent.id, amount=400)
+    payout = server.pay_out(fees=[5])
+    sdk.v1.payouts.retrieve(payout["id"])
+    page = sdk.v1.balance_transactions.list(
+        params={"payout": payout["id"], "limit": 1, "expand": ["data.source"]}
+    )
+    sdk.v1.balance_transactions.list(
+        params={"payout": payout["id"], "limit": 1, "starting_after": page.data[0].id}
+    )
+    sdk.v1.balance_transactions.list(params={"type": "charge", "currency": "usd"})
+    sdk.v1.disputes.retrieve(server.objects("dispute")[0]["id"])
+    assert_allowed_by_spec(server.requests)

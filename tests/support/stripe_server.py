@@ -22,11 +22,17 @@ What it keeps of Stripe's behaviour, because the product depends on it:
   is left of the captured amount, partial capture releases the rest, ...);
 * an event log (``GET /v1/events``) written as Stripe would write it;
 * ``Stripe-Account`` scoping: an object created for a connected account is
-  invisible without that header, exactly like an id that does not exist.
+  invisible without that header, exactly like an id that does not exist;
+* balance transactions for captures, refunds and disputes, and payouts made of
+  them (``GET /v1/balance_transactions?payout=po_...`` lists a payout's lines,
+  its own ``payout`` line included, as Stripe does for automatic payouts).
 
 What a real customer does in a browser (entering a card, a decline) is driven
 from the tests: ``server.succeed(pi_id)`` / ``server.fail(pi_id)``, or the same
-over HTTP at ``POST /_test/payment_intents/{id}/succeed`` and ``/fail``.
+over HTTP at ``POST /_test/payment_intents/{id}/succeed`` and ``/fail``. What the
+card network and Stripe's scheduler do is driven the same way: ``server.dispute(ch_id)``
+(``POST /_test/charges/{id}/dispute``) and ``server.pay_out(account=...)``
+(``POST /_test/payouts``), which emits ``payout.created`` and ``payout.paid``.
 Faults are injected with ``server.fail_next(...)``.
 
 Every object template is written here in code: the server never reads
@@ -140,6 +146,10 @@ _REFUND_CREATE_PARAMS: Final = frozenset({
 })  # fmt: skip
 _RETRIEVE_PARAMS: Final = frozenset({"expand"})
 _PI_RETRIEVE_PARAMS: Final = frozenset({"expand", "client_secret"})
+_BALANCE_LIST_PARAMS: Final = frozenset({
+    "created", "currency", "ending_before", "expand", "limit", "payout", "source",
+    "starting_after", "type",
+})  # fmt: skip
 _EVENT_LIST_PARAMS: Final = frozenset({
     "created", "delivery_success", "ending_before", "expand", "limit", "starting_after",
     "type", "types",
@@ -167,6 +177,11 @@ _EXPANDABLE: Final[Mapping[str, frozenset[str]]] = {
         "source_transfer_reversal", "transfer_reversal",
     }),
     "balance_transaction": frozenset({"source"}),
+    "payout": frozenset({
+        "application_fee", "balance_transaction", "destination", "failure_balance_transaction",
+        "original_payout", "payout_method", "reversed_by",
+    }),
+    "dispute": frozenset({"charge", "payment_intent"}),
 }  # fmt: skip
 
 # What an expanded field becomes, where this server holds that type of object.
@@ -179,6 +194,12 @@ _EXPANDS_TO: Final[Mapping[tuple[str, str], str]] = {
     ("refund", "failure_balance_transaction"): "balance_transaction",
     ("refund", "charge"): "charge",
     ("refund", "payment_intent"): "payment_intent",
+    ("payout", "balance_transaction"): "balance_transaction",
+    ("payout", "failure_balance_transaction"): "balance_transaction",
+    ("payout", "original_payout"): "payout",
+    ("payout", "reversed_by"): "payout",
+    ("dispute", "charge"): "charge",
+    ("dispute", "payment_intent"): "payment_intent",
 }
 _MAX_EXPAND_DEPTH: Final = 4
 
@@ -543,6 +564,10 @@ def _as_currency(params: JSON, name: str = "currency") -> str | None:
     return value.lower()  # Stripe takes "USD" and answers "usd"
 
 
+#: Stripe's US dispute fee, withdrawn with the disputed amount (applied to every currency).
+_DISPUTE_FEE: Final = 1500
+
+
 def _stripe_fee(amount: int) -> int:
     """Stripe's US card pricing, 2.9% + 30 minor units, rounded half up.
 
@@ -618,10 +643,18 @@ _ROUTES: Final[tuple[_Route, ...]] = tuple(
         ("GET", r"/v1/charges/(?P<charge>[^/]+)", "_retrieve_charge", "charge"),
         (
             "GET",
+            r"/v1/balance_transactions",
+            "_list_balance_transactions",
+            "list:balance_transaction",
+        ),
+        (
+            "GET",
             r"/v1/balance_transactions/(?P<id>[^/]+)",
             "_retrieve_balance_transaction",
             "balance_transaction",
         ),
+        ("GET", r"/v1/payouts/(?P<payout>[^/]+)", "_retrieve_payout", "payout"),
+        ("GET", r"/v1/disputes/(?P<dispute>[^/]+)", "_retrieve_dispute", "dispute"),
         ("GET", r"/v1/events", "_list_events", "list:event"),
         ("GET", r"/v1/events/(?P<id>[^/]+)", "_retrieve_event", "event"),
         (
@@ -631,6 +664,8 @@ _ROUTES: Final[tuple[_Route, ...]] = tuple(
             "payment_intent",
         ),
         ("POST", r"/_test/payment_intents/(?P<intent>[^/]+)/fail", "_http_fail", "payment_intent"),
+        ("POST", r"/_test/charges/(?P<charge>[^/]+)/dispute", "_http_dispute", "dispute"),
+        ("POST", r"/_test/payouts", "_http_pay_out", "payout"),
     )
 )
 
@@ -775,6 +810,8 @@ class StripeServer:
         # cancel. Stripe counts it in charge.amount_refunded, but it was never
         # captured, so it cannot be refunded again.
         self._released: dict[str, int] = {}
+        # Balance transaction id -> the payout that paid it out (its own `payout` line too).
+        self._paid_out: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -898,6 +935,48 @@ class StripeServer:
             )
             return copy.deepcopy(
                 self._fail(stored, _coerce_card(card), code, decline_code, message)
+            )
+
+    def dispute(
+        self, charge_or_intent_id: str, *, amount: int | None = None, reason: str = "fraudulent"
+    ) -> JSON:
+        """The cardholder disputes a captured charge (given by its id or its PaymentIntent's).
+
+        As on Stripe: a dispute in ``needs_response``, the disputed amount and the dispute
+        fee withdrawn in one ``adjustment`` balance transaction whose source is the dispute,
+        ``charge.dispute.created`` and ``charge.dispute.funds_withdrawn``. Returns the dispute.
+        """
+        with self._lock:
+            stored = self._charge_of(charge_or_intent_id)
+            return copy.deepcopy(self._dispute(stored, amount, reason))
+
+    def pay_out(
+        self,
+        *,
+        account: str | None = None,
+        currency: str | None = None,
+        balance_transactions: list[str] | None = None,
+        fees: list[int] | tuple[int, ...] = (),
+        amount: int | None = None,
+    ) -> JSON:
+        """Stripe's scheduler pays the account's balance out: a paid payout.
+
+        :param account: the connected account (None: the platform).
+        :param currency: the payout's currency; default: that of the oldest unpaid line.
+        :param balance_transactions: which lines to pay out, by balance transaction id or
+            by their source (a charge, refund or dispute id); default: every line of the
+            account in that currency not paid out yet.
+        :param fees: extra ``stripe_fee`` lines (positive amounts, withdrawn), without a
+            source, like Stripe's billing fees.
+        :param amount: the payout's amount when it must not be the lines' net (a payout that
+            does not add up, for reconciliation tests); default: the sum of the lines' net.
+
+        Emits ``payout.created`` and ``payout.paid``; the lines are then listed by
+        ``GET /v1/balance_transactions?payout=<id>``, with the payout's own ``payout`` line.
+        """
+        with self._lock:
+            return copy.deepcopy(
+                self._pay_out(account, currency, balance_transactions, list(fees), amount)
             )
 
     # -- fault injection -----------------------------------------------------
@@ -1840,6 +1919,307 @@ class StripeServer:
         stored = self._find(id, "balance_transaction", "id", ctx.account)
         return self._render(stored.obj, params, ctx.account)
 
+    # -- disputes -------------------------------------------------------------------
+
+    def _charge_of(self, charge_or_intent_id: str, account: str | None = None) -> _Stored:
+        any_account = account is None
+        if charge_or_intent_id.startswith("pi_"):
+            pi = self._find(
+                charge_or_intent_id, "payment_intent", "intent", account, any_account=any_account
+            ).obj
+            if pi["latest_charge"] is None:
+                raise _invalid(f"PaymentIntent {pi['id']} has no charge.", param="charge")
+            charge_or_intent_id = pi["latest_charge"]
+        return self._find(charge_or_intent_id, "charge", "charge", account, any_account=any_account)
+
+    def _dispute(self, stored: _Stored, amount: int | None, reason: str) -> JSON:
+        charge = stored.obj
+        if not charge["captured"]:
+            raise _invalid(f"Charge {charge['id']} was not captured: it cannot be disputed.")
+        if charge["disputed"]:
+            raise _invalid(f"Charge {charge['id']} is already disputed.", param="charge")
+        if amount is None:
+            amount = charge["amount_captured"]
+        if not 1 <= amount <= charge["amount_captured"]:
+            raise _invalid("The disputed amount must be between 1 and the captured amount.")
+        created = self.now()
+        dispute_id = _new_id("dp")
+        currency = charge["currency"]
+        txn: JSON = {
+            "id": _new_id("txn"),
+            "object": "balance_transaction",
+            "amount": -amount,
+            "available_on": created,
+            "balance_type": "payments",
+            "created": created,
+            "currency": currency,
+            "description": f"Chargeback withdrawal for {charge['id']}",
+            "exchange_rate": None,
+            "fee": _DISPUTE_FEE,
+            "fee_details": [
+                {
+                    "amount": _DISPUTE_FEE,
+                    "application": None,
+                    "currency": currency,
+                    "description": "Dispute fee",
+                    "type": "stripe_fee",
+                }
+            ],
+            "net": -amount - _DISPUTE_FEE,
+            "reporting_category": "dispute",
+            "source": dispute_id,
+            "status": "available",
+            "type": "adjustment",
+        }
+        self._put(txn, stored.account)
+        card = charge["payment_method_details"]["card"]
+        evidence_fields = (
+            "access_activity_log", "billing_address", "cancellation_policy",
+            "cancellation_policy_disclosure", "cancellation_rebuttal", "customer_communication",
+            "customer_email_address", "customer_name", "customer_purchase_ip",
+            "customer_signature", "duplicate_charge_documentation",
+            "duplicate_charge_explanation", "duplicate_charge_id", "product_description",
+            "receipt", "refund_policy", "refund_policy_disclosure", "refund_refusal_explanation",
+            "service_date", "service_documentation", "shipping_address", "shipping_carrier",
+            "shipping_date", "shipping_documentation", "shipping_tracking_number",
+            "uncategorized_file", "uncategorized_text",
+        )  # fmt: skip
+        dispute: JSON = {
+            "id": dispute_id,
+            "object": "dispute",
+            "amount": amount,
+            "balance_transactions": [copy.deepcopy(txn)],
+            "charge": charge["id"],
+            "created": created,
+            "currency": currency,
+            "enhanced_eligibility_types": [],
+            "evidence": {
+                **dict.fromkeys(evidence_fields),
+                "enhanced_evidence": {},
+            },
+            "evidence_details": {
+                "due_by": created + 7 * 86400,
+                "enhanced_eligibility": {},
+                "has_evidence": False,
+                "past_due": False,
+                "submission_count": 0,
+            },
+            "is_charge_refundable": False,
+            "livemode": False,
+            "metadata": {},
+            "payment_intent": charge["payment_intent"],
+            "payment_method_details": {
+                "card": {
+                    "brand": card["brand"],
+                    "case_type": "chargeback",
+                    "network_reason_code": "10.4",
+                    "network": card["network"],
+                },
+                "type": "card",
+            },
+            "reason": reason,
+            "status": "needs_response",
+        }
+        self._put(dispute, stored.account)
+        charge["disputed"] = True
+        self._emit("charge.dispute.created", dispute, stored.account, None)
+        self._emit("charge.dispute.funds_withdrawn", dispute, stored.account, None)
+        return dispute
+
+    def _http_dispute(self, ctx: _Ctx, params: JSON, charge: str) -> JSON:
+        unknown = set(params) - {"amount", "reason", "expand"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise _invalid(f"Received unknown parameter: {name}", param=name)
+        stored = self._charge_of(charge, ctx.account)
+        reason = _as_str(params, "reason") or "fraudulent"
+        dispute = self._dispute(stored, _as_int(params, "amount"), reason)
+        return self._render(dispute, params, ctx.account)
+
+    def _retrieve_dispute(self, ctx: _Ctx, params: JSON, dispute: str) -> JSON:
+        _check_known(params, _RETRIEVE_PARAMS)
+        stored = self._find(dispute, "dispute", "dispute", ctx.account)
+        return self._render(stored.obj, params, ctx.account)
+
+    # -- payouts ----------------------------------------------------------------------
+
+    def _pay_out(
+        self,
+        account: str | None,
+        currency: str | None,
+        wanted: list[str] | None,
+        fees: list[int],
+        amount: int | None,
+    ) -> JSON:
+        unpaid = [
+            s.obj
+            for s in self._objects.values()
+            if s.account == account
+            and s.obj["object"] == "balance_transaction"
+            and s.obj["type"] != "payout"
+            and s.obj["id"] not in self._paid_out
+        ]
+        if wanted is not None:
+            by_key = {}
+            for txn in unpaid:
+                by_key[txn["id"]] = txn
+                if txn["source"]:
+                    by_key.setdefault(txn["source"], txn)
+            missing = [key for key in wanted if key not in by_key]
+            if missing:
+                raise _invalid(
+                    f"No unpaid balance transaction of this account for {missing[0]!r}.",
+                    param="balance_transactions",
+                )
+            lines = list({by_key[key]["id"]: by_key[key] for key in wanted}.values())
+        else:
+            lines = unpaid
+        if currency is None:
+            if lines:
+                currency = lines[0]["currency"]
+            elif fees:
+                currency = "usd"
+            else:
+                raise _invalid("There is nothing to pay out.", code="balance_insufficient")
+        currency = currency.lower()
+        if wanted is not None and any(txn["currency"] != currency for txn in lines):
+            raise _invalid("A payout's lines are all in its currency.", param="currency")
+        lines = [txn for txn in lines if txn["currency"] == currency]
+        created = self.now()
+        for fee in fees:
+            if fee < 1:
+                raise _invalid("A fee is a positive amount.", param="fees")
+            txn = {
+                "id": _new_id("txn"),
+                "object": "balance_transaction",
+                "amount": -fee,
+                "available_on": created,
+                "balance_type": "payments",
+                "created": created,
+                "currency": currency,
+                "description": "Billing - Usage Fee",
+                "exchange_rate": None,
+                "fee": 0,
+                "fee_details": [],
+                "net": -fee,
+                "reporting_category": "fee",
+                "source": None,
+                "status": "available",
+                "type": "stripe_fee",
+            }
+            self._put(txn, account)
+            lines.append(txn)
+        total = sum(txn["net"] for txn in lines)
+        paid = total if amount is None else amount
+        if paid < 1:
+            raise _invalid(
+                f"The lines add up to {total} {currency}: nothing to pay out.",
+                code="balance_insufficient",
+            )
+        payout_id = _new_id("po")
+        own_line: JSON = {
+            "id": _new_id("txn"),
+            "object": "balance_transaction",
+            "amount": -paid,
+            "available_on": created,
+            "balance_type": "payments",
+            "created": created,
+            "currency": currency,
+            "description": "STRIPE PAYOUT",
+            "exchange_rate": None,
+            "fee": 0,
+            "fee_details": [],
+            "net": -paid,
+            "reporting_category": "payout",
+            "source": payout_id,
+            "status": "available",
+            "type": "payout",
+        }
+        self._put(own_line, account)
+        for txn in lines:
+            txn["status"] = "available"
+            self._paid_out[txn["id"]] = payout_id
+        self._paid_out[own_line["id"]] = payout_id
+        payout: JSON = {
+            "id": payout_id,
+            "object": "payout",
+            "amount": paid,
+            "application_fee": None,
+            "application_fee_amount": None,
+            # Standard payouts arrive the next business day; the next day is enough here.
+            "arrival_date": (created // 86400 + 1) * 86400,
+            "automatic": True,
+            "balance_transaction": own_line["id"],
+            "created": created,
+            "currency": currency,
+            "description": "STRIPE PAYOUT",
+            "destination": "ba_" + _random(24),
+            "failure_balance_transaction": None,
+            "failure_code": None,
+            "failure_message": None,
+            "livemode": False,
+            "metadata": {},
+            "method": "standard",
+            "original_payout": None,
+            "payout_method": None,
+            "reconciliation_status": "completed",
+            "reversed_by": None,
+            "source_type": "card",
+            "statement_descriptor": None,
+            "status": "in_transit",
+            "trace_id": {"status": "pending", "value": None},
+            "type": "bank_account",
+        }
+        self._put(payout, account)
+        self._emit("payout.created", payout, account, None)
+        payout["status"] = "paid"
+        payout["trace_id"] = {"status": "supported", "value": _random(15, string.digits)}
+        self._emit("payout.paid", payout, account, None, {"status": "in_transit"})
+        return payout
+
+    def _http_pay_out(self, ctx: _Ctx, params: JSON) -> JSON:
+        unknown = set(params) - {"amount", "balance_transactions", "currency", "fees", "expand"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise _invalid(f"Received unknown parameter: {name}", param=name)
+        fees = [_as_int({"fee": fee}, "fee") or 0 for fee in _as_str_list(params, "fees") or []]
+        payout = self._pay_out(
+            ctx.account,
+            _as_currency(params),
+            _as_str_list(params, "balance_transactions"),
+            fees,
+            _as_int(params, "amount"),
+        )
+        return self._render(payout, params, ctx.account)
+
+    def _retrieve_payout(self, ctx: _Ctx, params: JSON, payout: str) -> JSON:
+        _check_known(params, _RETRIEVE_PARAMS)
+        stored = self._find(payout, "payout", "payout", ctx.account)
+        return self._render(stored.obj, params, ctx.account)
+
+    def _list_balance_transactions(self, ctx: _Ctx, params: JSON) -> JSON:
+        _check_known(params, _BALANCE_LIST_PARAMS)
+        payout_id = _as_str(params, "payout")
+        if payout_id is not None:
+            self._find(payout_id, "payout", "payout", ctx.account)
+        source = _as_str(params, "source")
+        type_filter = _as_str(params, "type")
+        currency = _as_currency(params)
+        created = params.get("created")
+        newest_first = [
+            s.obj
+            for s in reversed(self._objects.values())
+            if s.account == ctx.account
+            and s.obj["object"] == "balance_transaction"
+            and (payout_id is None or self._paid_out.get(s.obj["id"]) == payout_id)
+            and (source is None or s.obj["source"] == source)
+            and (type_filter is None or s.obj["type"] == type_filter)
+            and (currency is None or s.obj["currency"] == currency)
+            and _created_matches(s.obj["created"], created)
+        ]
+        listing = _page(newest_first, params, "balance_transaction", "/v1/balance_transactions")
+        return self._render(listing, params, ctx.account)
+
     # -- events -------------------------------------------------------------------
 
     def _retrieve_event(self, ctx: _Ctx, params: JSON, id: str) -> JSON:
@@ -1895,6 +2275,40 @@ class StripeServer:
             page, has_more = selected[:limit], len(selected) > limit
         listing = {"object": "list", "data": page, "has_more": has_more, "url": "/v1/events"}
         return self._render(listing, params, ctx.account)
+
+
+def _page(selected: list[JSON], params: JSON, object_type: str, url: str) -> JSON:
+    """One page of a list answer (newest first), with Stripe's ``limit`` and cursors."""
+    limit = _as_int(params, "limit")
+    limit = 10 if limit is None else limit
+    if not 1 <= limit <= 100:
+        raise _invalid("This value must be between 1 and 100.", param="limit")
+    starting_after = _as_str(params, "starting_after")
+    ending_before = _as_str(params, "ending_before")
+    if starting_after and ending_before:
+        raise _invalid(
+            "You may only specify one of these parameters: starting_after, ending_before.",
+            param="ending_before",
+        )
+    cursor = starting_after or ending_before
+    index = None
+    if cursor is not None:
+        index = next((i for i, item in enumerate(selected) if item["id"] == cursor), None)
+        if index is None:
+            raise _missing(
+                object_type, cursor, "starting_after" if starting_after else "ending_before"
+            )
+    if starting_after:
+        assert index is not None
+        window = selected[index + 1 :]
+        page, has_more = window[:limit], len(window) > limit
+    elif ending_before:
+        assert index is not None
+        window = selected[:index]
+        page, has_more = window[-limit:], len(window) > limit
+    else:
+        page, has_more = selected[:limit], len(selected) > limit
+    return {"object": "list", "data": page, "has_more": has_more, "url": url}
 
 
 def _check_expand(params: JSON, answers: str) -> None:
