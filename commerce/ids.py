@@ -35,6 +35,7 @@ PREFIXES = {
     "outbound_event": "evt",
     "webhook_delivery": "whd",
     "fraud_alert": "fal",
+    "reconciliation_exception": "rex",
 }
 
 ID_PATTERN = re.compile(r"^[a-z]{3,4}_[0-9A-Za-z]{22}$")
