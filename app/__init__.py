@@ -24,6 +24,7 @@ from app.api import (
     offers,
     partners,
     privacy,
+    reports,
     sales,
     webhook_endpoints,
 )
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         sales,
         privacy,
         webhook_endpoints,
+        reports,
     ):
         api.register_blueprint(module.blp)
     # The webhook doors: outside /v1 and the OpenAPI document, signed rather than keyed.

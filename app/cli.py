@@ -273,6 +273,31 @@ def stripe_backfill(since: object) -> None:
     click.echo(f"{seen} events listed by Stripe, {added} were missing and are now stored")
 
 
+@main.group()
+def reports() -> None:
+    """Report rollups."""
+
+
+@reports.command("rebuild")
+@click.option("--merchant", "merchant_id", default=None, help="one merchant's rollups only")
+def reports_rebuild(merchant_id: str | None) -> None:
+    """Recompute the report rollups from the sales and touchpoints, from scratch.
+
+    Safe while the service runs: changes committed meanwhile are folded in afterwards.
+    """
+    from commerce.db import make_engine
+    from commerce.reports import rollups
+
+    with _servers(_settings()) as (database_url, _):
+        engine = make_engine(database_url, connect_args={})
+        try:
+            rows = rollups.rebuild(engine, merchant_id=merchant_id)
+            folded = rollups.fold(engine).folded
+        finally:
+            engine.dispose()
+    click.echo(f"{rows} rollup rows rebuilt; {folded} later changes folded in")
+
+
 main.add_command(privacy)
 
 

@@ -60,6 +60,8 @@ class Settings:
     #: Largest request body accepted, in bytes; larger ones get 413.
     max_body_bytes: int = 256 * 1024
     log_level: str = "INFO"
+    #: Report cells drawn from partner data covering fewer distinct cardholders are hidden.
+    report_min_cardholders: int = 5
 
     @property
     def embedded(self) -> bool:
@@ -87,6 +89,9 @@ class Settings:
             max_body_bytes=reader.integer("MAX_BODY_BYTES", default=256 * 1024, low=1024),
             log_level=reader.choice(
                 "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
+            ),
+            report_min_cardholders=reader.integer(
+                "REPORT_MIN_CARDHOLDERS", default=5, low=2, high=1000
             ),
         )
 

@@ -29,6 +29,7 @@ TASK_MODULES = [
     "commerce.consent.tasks",
     "commerce.alerts.tasks",
     "commerce.outbound.tasks",
+    "commerce.reports.tasks",
     "webhooks.tasks",
 ]
 
@@ -77,6 +78,11 @@ def create_celery(settings: Settings) -> Celery:
             "sweep-unsent-alerts": {
                 "task": "alerts.sweep_unsent",
                 "schedule": 60.0,
+            },
+            # Moves the report change log into the rollups (reports read both).
+            "fold-report-rollups": {
+                "task": "reports.fold",
+                "schedule": 10.0,
             },
             "sync-unsettled-payments": {
                 "task": "sales.sync_unsettled_payments",
