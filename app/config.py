@@ -13,8 +13,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from commerce.alerts.rules import Thresholds
 
 PREFIX = "CHATLEDGER_"
 
@@ -62,6 +65,13 @@ class Settings:
     log_level: str = "INFO"
     #: Report cells drawn from partner data covering fewer distinct cardholders are hidden.
     report_min_cardholders: int = 5
+    #: Messenger page access tokens, (page id, token), for the send API; the first page is
+    #: the one fraud alerts and balance replies are sent from. Never in the database.
+    chat_page_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The fraud-alert rules' thresholds, one CHATLEDGER_ALERT_* variable each.
+    alert_thresholds: Thresholds = field(default_factory=Thresholds)
+    #: A balance snapshot older than this is told as stale.
+    balance_stale_after: timedelta = timedelta(hours=24)
 
     @property
     def embedded(self) -> bool:
@@ -93,7 +103,53 @@ class Settings:
             report_min_cardholders=reader.integer(
                 "REPORT_MIN_CARDHOLDERS", default=5, low=2, high=1000
             ),
+            chat_page_tokens=reader.page_tokens("CHAT_PAGE_TOKENS"),
+            alert_thresholds=_alert_thresholds(reader),
+            balance_stale_after=timedelta(
+                hours=reader.integer("BALANCE_STALE_HOURS", default=24, low=1, high=24 * 365)
+            ),
         )
+
+
+def _alert_thresholds(reader: _Reader) -> Thresholds:
+    """The fraud rules' thresholds; each unset variable keeps the rule's default."""
+    default = Thresholds()
+    week = 7 * 24 * 60
+
+    def minutes(name: str, value: timedelta) -> timedelta:
+        default_minutes = int(value.total_seconds() // 60)
+        return timedelta(minutes=reader.integer(name, default=default_minutes, low=1, high=week))
+
+    return Thresholds(
+        velocity_count=reader.integer(
+            "ALERT_VELOCITY_COUNT", default=default.velocity_count, low=2, high=1000
+        ),
+        velocity_window=minutes("ALERT_VELOCITY_WINDOW_MINUTES", default.velocity_window),
+        amount_factor=reader.integer(
+            "ALERT_AMOUNT_FACTOR", default=default.amount_factor, low=2, high=1000
+        ),
+        amount_min_history=reader.integer(
+            "ALERT_AMOUNT_MIN_HISTORY", default=default.amount_min_history, low=1, high=1000
+        ),
+        new_country_min_history=reader.integer(
+            "ALERT_NEW_COUNTRY_MIN_HISTORY",
+            default=default.new_country_min_history,
+            low=1,
+            high=1000,
+        ),
+        duplicate_window=minutes("ALERT_DUPLICATE_WINDOW_MINUTES", default.duplicate_window),
+        new_merchant_min_history=reader.integer(
+            "ALERT_NEW_MERCHANT_MIN_HISTORY",
+            default=default.new_merchant_min_history,
+            low=1,
+            high=1000,
+        ),
+        lookback=timedelta(
+            days=reader.integer(
+                "ALERT_LOOKBACK_DAYS", default=default.lookback.days, low=1, high=3650
+            )
+        ),
+    )
 
 
 class _Reader:
@@ -162,6 +218,29 @@ class _Reader:
             if not re.fullmatch(pattern, item):
                 raise ConfigError(PREFIX + name, "has an entry with the wrong format")
         return items
+
+    def page_tokens(self, name: str) -> tuple[tuple[str, str], ...]:
+        """`page_id:token,...`; a message names the variable and the page, never a token."""
+        value = self.text(name)
+        if value is None:
+            return ()
+        pairs: list[tuple[str, str]] = []
+        for entry in value.split(","):
+            if not entry.strip():
+                continue
+            page_id, sep, token = entry.strip().partition(":")
+            if not sep or not re.fullmatch(r"[0-9A-Za-z_.-]{1,64}", page_id):
+                raise ConfigError(PREFIX + name, "entries must look like <page id>:<token>")
+            if len(token) < 8 or not re.fullmatch(r"[\x21-\x7e]+", token):
+                raise ConfigError(
+                    PREFIX + name,
+                    f"the token of page {page_id} must be 8 or more printable characters "
+                    "without spaces",
+                )
+            if any(known == page_id for known, _ in pairs):
+                raise ConfigError(PREFIX + name, f"page {page_id} appears twice")
+            pairs.append((page_id, token))
+        return tuple(pairs)
 
     def card_keys(self, name: str) -> tuple[CardKey, ...]:
         value = self.text(name)

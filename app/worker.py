@@ -17,6 +17,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 from app.config import Settings
 from app.embedded import celery_broker_url
 from commerce import payments, runtime
+from commerce.alerts import config as alerts_config
 from commerce.cards.scrub import PanLogFilter
 from commerce.chat import send as chat_send
 from commerce.chat.send import MessengerSendApi
@@ -107,11 +108,17 @@ def create_celery(settings: Settings) -> Celery:
 
 
 def configure_domain(settings: Settings) -> None:
-    """The database, payment provider and chat send API the tasks use, in this process."""
+    """The database, payment provider, chat send API (with its page tokens) and alert
+    thresholds the tasks use, in this process."""
     assert settings.database_url is not None
     runtime.configure_database(settings.database_url)
     chat_send.configure(
-        MessengerSendApi(settings.chat_api_base) if settings.chat_api_base else None
+        MessengerSendApi(settings.chat_api_base, page_tokens=settings.chat_page_tokens)
+        if settings.chat_api_base
+        else None
+    )
+    alerts_config.configure(
+        thresholds=settings.alert_thresholds, stale_after=settings.balance_stale_after
     )
     if settings.stripe_api_key:
         payments.configure(

@@ -41,7 +41,7 @@ from app.config import Settings
 from commerce import runtime
 from commerce.access.services import ensure_operator_key
 from commerce.db import make_session_factory
-from tests.support.chat_server import ChatServer
+from tests.support.chat_server import ChatServer, page_tokens_setting
 from tests.support.stripe_server import StripeServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +150,7 @@ def settings(
             "CHATLEDGER_CHAT_VERIFY_TOKEN": CHAT_VERIFY_TOKEN,
             "CHATLEDGER_CARD_KEYS": CARD_KEYS,
             "CHATLEDGER_CHAT_API_BASE": chat_server.url,
+            "CHATLEDGER_CHAT_PAGE_TOKENS": page_tokens_setting(),
         }
     )
 
@@ -171,6 +172,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CHATLEDGER_CHAT_VERIFY_TOKEN": CHAT_VERIFY_TOKEN,
             "CHATLEDGER_CARD_KEYS": CARD_KEYS,
             "CHATLEDGER_CHAT_API_BASE": settings.chat_api_base or "",
+            "CHATLEDGER_CHAT_PAGE_TOKENS": page_tokens_setting(dict(settings.chat_page_tokens)),
         }
     )
     return env

@@ -1,4 +1,6 @@
-"""Outbound webhooks: a merchant's endpoints, their secrets, the delivery log, redelivery."""
+"""Outbound webhooks: a merchant's endpoints, their secrets, the delivery log, redelivery;
+disabling an endpoint by hand, enabling it again (after a 410 too), and deleting it. Every
+route is the merchant's own: another merchant's endpoint id answers 404."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from commerce.outbound.models import (
 )
 from commerce.outbound.services import (
     create_endpoint,
+    delete_endpoint,
+    disable_endpoint,
+    enable_endpoint,
     get_endpoint,
     redeliver,
     redeliver_many,
@@ -54,7 +59,10 @@ class EndpointResponseSchema(Schema):
     url = fields.String()
     event_types = fields.List(fields.String())
     status = fields.String(metadata={"enum": ["enabled", "disabled"]})
-    disabled_reason = fields.String(allow_none=True)
+    disabled_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "Why it is disabled: the receiver answered 410, or by hand."},
+    )
     disabled_at = Timestamp(allow_none=True)
     created_at = Timestamp()
 
@@ -139,6 +147,55 @@ class Endpoints(MethodView):
             cursor=query["cursor"],
         )
         return {"data": page.items, "next_cursor": page.next_cursor}
+
+
+#: Another merchant's endpoint id answers as an unknown one does.
+NOT_FOUND = "No endpoint of this merchant has this id."
+
+
+@blp.route("/<endpoint_id>")
+class Endpoint(MethodView):
+    @merchant_only
+    @blp.response(200, EndpointResponseSchema)
+    @blp.alt_response(404, description=NOT_FOUND)
+    @blp.doc(security=BEARER)
+    def get(self, endpoint_id: str) -> Any:
+        """One endpoint, with its status and why it is disabled."""
+        return get_endpoint(db(), merchant_id=merchant_id(), endpoint_id=endpoint_id)
+
+    @merchant_only
+    @blp.response(204)
+    @blp.alt_response(404, description=NOT_FOUND)
+    @blp.doc(security=BEARER)
+    def delete(self, endpoint_id: str) -> None:
+        """Delete the endpoint with its secrets and delivery log. Deliveries still pending
+        are dropped: nothing more is sent to it. The events themselves are kept."""
+        delete_endpoint(db(), merchant_id=merchant_id(), endpoint_id=endpoint_id)
+
+
+@blp.route("/<endpoint_id>/disable")
+class EndpointDisable(MethodView):
+    @merchant_only
+    @blp.response(200, EndpointResponseSchema)
+    @blp.alt_response(404, description=NOT_FOUND)
+    @blp.doc(security=BEARER)
+    def post(self, endpoint_id: str) -> Any:
+        """Stop sending to the endpoint. Its pending deliveries are canceled (a redelivery
+        sends them again once it is enabled); new events record no delivery for it."""
+        return disable_endpoint(db(), merchant_id=merchant_id(), endpoint_id=endpoint_id)
+
+
+@blp.route("/<endpoint_id>/enable")
+class EndpointEnable(MethodView):
+    @merchant_only
+    @blp.response(200, EndpointResponseSchema)
+    @blp.alt_response(404, description=NOT_FOUND)
+    @blp.doc(security=BEARER)
+    def post(self, endpoint_id: str) -> Any:
+        """Send to the endpoint again, after a 410 Gone or a disable by hand. The URL is
+        checked again as at registration (400 if it now names a non-public address).
+        Canceled deliveries stay canceled until redelivered (`status: canceled`)."""
+        return enable_endpoint(db(), merchant_id=merchant_id(), endpoint_id=endpoint_id)
 
 
 @blp.route("/<endpoint_id>/secrets")

@@ -3,7 +3,8 @@
 Which accounts: those whose partner the cardholder's chat identity has a consent with that
 covers balances for `balance_display`; the snapshots are read only through
 `partnerdata.read(purpose="balance_display")`. The latest snapshot of each account is told,
-and one older than `stale_after` is said to be stale.
+and one older than `stale_after` (CHATLEDGER_BALANCE_STALE_HOURS, through `alerts.config`)
+is said to be stale.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from commerce import partnerdata
+from commerce.alerts import config
 from commerce.chat.send import ChatSender, SendResult
 from commerce.consent.models import BalanceSnapshot, Consent
 from commerce.db import utcnow
@@ -34,10 +36,12 @@ NOTHING_YET = "Your bank has not sent us a balance yet. Please try again later."
 @dataclass(frozen=True, slots=True)
 class BalanceDisplay:
     #: A snapshot older than this is told as stale.
-    stale_after: timedelta = timedelta(hours=24)
+    stale_after: timedelta = config.DEFAULT_STALE_AFTER
 
-
-DEFAULT_DISPLAY = BalanceDisplay()
+    @classmethod
+    def configured(cls) -> BalanceDisplay:
+        """As the settings say (`alerts.config`)."""
+        return cls(stale_after=config.stale_after())
 
 
 def asks_for_balance(text: object) -> bool:
@@ -77,10 +81,11 @@ def balance_text(
     channel: str,
     user_id: str,
     now: datetime | None = None,
-    display: BalanceDisplay = DEFAULT_DISPLAY,
+    display: BalanceDisplay | None = None,
 ) -> str:
     """The reply to "balance" for this chat identity."""
     now = now or utcnow()
+    display = display or BalanceDisplay.configured()
     consents = _covering(session, channel, user_id, now)
     if not consents:
         return NO_ACCOUNT
@@ -133,8 +138,12 @@ def send_balance(
     channel: str,
     user_id: str,
     now: datetime | None = None,
-    display: BalanceDisplay = DEFAULT_DISPLAY,
+    display: BalanceDisplay | None = None,
+    page_id: str | None = None,
 ) -> SendResult:
-    """Answer the cardholder's "balance" in their chat; a reply to their message."""
+    """Answer the cardholder's "balance" in their chat; a reply to their message, from
+    `page_id` (the page they wrote to) when given, else from the sender's default page."""
     text = balance_text(session, channel=channel, user_id=user_id, now=now, display=display)
-    return sender.send(recipient_id=user_id, message={"text": text}, messaging_type="RESPONSE")
+    return sender.send(
+        recipient_id=user_id, message={"text": text}, messaging_type="RESPONSE", page_id=page_id
+    )

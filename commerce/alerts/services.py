@@ -18,8 +18,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from commerce import partnerdata
+from commerce.alerts import config
 from commerce.alerts.models import ANSWERS, FraudAlert
-from commerce.alerts.rules import DEFAULT_THRESHOLDS, Purchase, Thresholds, evaluate
+from commerce.alerts.rules import Purchase, Thresholds, evaluate
 from commerce.cards.models import CardTransaction
 from commerce.chat.send import ChatSender, ChatSendError
 from commerce.consent.models import Consent
@@ -77,13 +78,15 @@ def _lock_cardholder(session: Session, partner_id: str, customer_ref: str) -> No
 
 
 def check_transaction(
-    session: Session, card_transaction_id: str, thresholds: Thresholds = DEFAULT_THRESHOLDS
+    session: Session, card_transaction_id: str, thresholds: Thresholds | None = None
 ) -> list[str]:
     """Judge a stored card transaction, and the cardholder's purchases it may change the
     findings of (those shortly after it, when it arrived late); returns new alert ids.
+    `thresholds` defaults to those configured from the settings (`alerts.config`).
 
     An alert already raised is never withdrawn: a late event can add alerts, not unsay one.
     """
+    thresholds = thresholds or config.thresholds()
     found = _read(session, CardTransaction.id == card_transaction_id)
     if not found or found[0].kind not in PURCHASE_KINDS or not found[0].customer_ref:
         return []

@@ -66,14 +66,18 @@ def sweep_unsent() -> int:
     # A cardholder waiting in chat: an answer later than a few minutes is not worth sending.
     expires=300,
 )
-def send_balance(channel: str, user_id: str) -> bool:
+def send_balance(channel: str, user_id: str, page_id: str | None = None) -> bool:
+    """Tell the cardholder their balances, from the page they wrote to (`page_id`) or,
+    when it is not given, from the send API's default page."""
     sender = send.sender()
     if sender is None:
         log.warning("balance not sent: no chat send API is configured")
         return False
     with transaction(runtime.sessions()) as session:
         try:
-            balances.send_balance(session, sender, channel=channel, user_id=user_id)
+            balances.send_balance(
+                session, sender, channel=channel, user_id=user_id, page_id=page_id
+            )
         except ChatSendError as exc:
             if not exc.retryable:
                 log.warning("balance not sent: %s", exc.detail)
@@ -82,9 +86,9 @@ def send_balance(channel: str, user_id: str) -> bool:
     return True
 
 
-def enqueue_balance(channel: str, user_id: str) -> None:
+def enqueue_balance(channel: str, user_id: str, page_id: str | None = None) -> None:
     """Send the balance task now (the caller has committed)."""
     try:
-        send_balance.apply_async(args=[channel, user_id])
+        send_balance.apply_async(args=[channel, user_id, page_id])
     except Exception:  # the broker's errors vary by transport; the cardholder may ask again
         log.warning("balance reply not queued")

@@ -136,11 +136,76 @@ def create_endpoint(
     return endpoint, secret
 
 
-def get_endpoint(session: Session, *, merchant_id: str, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
+def get_endpoint(
+    session: Session, *, merchant_id: str, endpoint_id: str, lock: bool = False
+) -> WebhookEndpoint:
+    """The merchant's endpoint; another merchant's id is NotFound, as an unknown one is."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=lock or None)
     if endpoint is None or endpoint.merchant_id != merchant_id:
         raise NotFound("webhook endpoint")
     return endpoint
+
+
+#: `disabled_reason` of an endpoint the merchant disabled.
+DISABLED_BY_MERCHANT = "Disabled by the merchant."
+#: `disabled_reason` of an endpoint whose receiver answered 410 Gone.
+DISABLED_BY_410 = "The receiver answered 410 Gone."
+
+
+def disable_endpoint(session: Session, *, merchant_id: str, endpoint_id: str) -> WebhookEndpoint:
+    """Stop sending to the endpoint, by hand: its pending deliveries are canceled (a
+    redelivery sends them once it is enabled again) and new events record none for it.
+    Disabling a disabled endpoint changes nothing, its reason included."""
+    endpoint = get_endpoint(session, merchant_id=merchant_id, endpoint_id=endpoint_id, lock=True)
+    if endpoint.status != "disabled":
+        _disable(session, endpoint, reason=DISABLED_BY_MERCHANT, now=utcnow())
+    return endpoint
+
+
+def enable_endpoint(
+    session: Session,
+    *,
+    merchant_id: str,
+    endpoint_id: str,
+    policy: AddressPolicy | None = None,
+    resolver: Resolver | None = None,
+) -> WebhookEndpoint:
+    """Send to the endpoint again (after a 410, or after the merchant disabled it).
+
+    Its URL is checked again as at registration: what a name resolves to may have changed
+    while it was disabled. Deliveries canceled meanwhile stay canceled: the merchant
+    chooses what to send again with a redelivery (`status=canceled` sends all of them);
+    events recorded from now on are delivered as usual.
+    """
+    endpoint = get_endpoint(session, merchant_id=merchant_id, endpoint_id=endpoint_id, lock=True)
+    if endpoint.status == "enabled":
+        return endpoint
+    try:
+        guard.check_url(
+            endpoint.url,
+            policy=policy or AddressPolicy.strict(),
+            resolver=resolver or guard.system_resolver,
+        )
+    except AddressRefused as exc:
+        raise InvalidInput({"url": [str(exc)]}) from None
+    endpoint.status = "enabled"
+    endpoint.disabled_reason = None
+    endpoint.disabled_at = None
+    session.flush()
+    return endpoint
+
+
+def delete_endpoint(session: Session, *, merchant_id: str, endpoint_id: str) -> None:
+    """Remove the endpoint with its secrets, deliveries and their attempts.
+
+    A delivery still pending goes with it: nothing more is sent, and a task or an attempt
+    in flight for it finds no delivery and records nothing. The events stay (other
+    endpoints of the merchant may have deliveries of them).
+    """
+    endpoint = get_endpoint(session, merchant_id=merchant_id, endpoint_id=endpoint_id, lock=True)
+    # The database cascades to deliveries and attempts; the ORM to the secrets it loaded.
+    session.delete(endpoint)
+    session.flush()
 
 
 def rotate_secret(session: Session, *, merchant_id: str, endpoint_id: str) -> str:
@@ -194,11 +259,16 @@ def emit(
         raise ValueError(f"unknown outbound event type {event_type!r}")
     endpoint_ids = list(
         session.scalars(
-            select(WebhookEndpoint.id).where(
+            select(WebhookEndpoint.id)
+            .where(
                 WebhookEndpoint.merchant_id == merchant_id,
                 WebhookEndpoint.status == "enabled",
                 literal(event_type) == any_(WebhookEndpoint.event_types),
             )
+            # An endpoint being deleted now is waited for and then left out, so the
+            # deliveries below never point at a deleted row (which would fail the caller's
+            # transaction, a sale's). A disable or secret rotation does not wait: KEY SHARE.
+            .with_for_update(key_share=True)
         )
     )
     if not endpoint_ids:
@@ -550,18 +620,24 @@ def _record(
 
 
 def _disable_endpoint(session: Session, endpoint_id: str, *, now: datetime) -> None:
-    """410 Gone: the receiver asks for nothing more. The endpoint is disabled and everything
-    still pending for it is canceled (a redelivery can resend it once it is enabled again)."""
+    """410 Gone: the receiver asks for nothing more."""
     endpoint = session.get_one(WebhookEndpoint, endpoint_id, with_for_update=True)
+    _disable(session, endpoint, reason=DISABLED_BY_410, now=now)
+
+
+def _disable(session: Session, endpoint: WebhookEndpoint, *, reason: str, now: datetime) -> None:
+    """The endpoint is disabled and everything still pending for it is canceled (a
+    redelivery can resend it once it is enabled again)."""
     endpoint.status = "disabled"
-    endpoint.disabled_reason = "The receiver answered 410 Gone."
+    endpoint.disabled_reason = reason
     endpoint.disabled_at = now
     session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "pending")
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
         .values(status="canceled", next_attempt_at=None, queued_until=None)
         .execution_options(synchronize_session="fetch")
     )
+    session.flush()
 
 
 def backoff(attempts: int, rng: Callable[[], float] = random.random) -> timedelta:

@@ -28,6 +28,7 @@ from tests.alerts.helpers import (
 )
 from tests.alerts.helpers import transaction as txn
 from tests.conftest import wait_for
+from tests.support.chat_server import PAGE_TOKENS
 from webhooks import inbox
 
 
@@ -39,7 +40,7 @@ def messenger(chat_server):
 
 @pytest.fixture
 def sender(messenger):
-    return MessengerSendApi(messenger.url)
+    return MessengerSendApi(messenger.url, page_tokens=PAGE_TOKENS)
 
 
 def process(inbox_id: str) -> str | None:
@@ -250,7 +251,10 @@ def test_balance_is_answered_with_the_latest_snapshot_and_stale_is_said(client, 
         ).splitlines()[1]
     )
     balances.send_balance(
-        db, MessengerSendApi(messenger.url), channel="messenger", user_id="psid_b"
+        db,
+        MessengerSendApi(messenger.url, page_tokens=PAGE_TOKENS),
+        channel="messenger",
+        user_id="psid_b",
     )
     (message,) = messenger.to("psid_b")
     assert message.body["messaging_type"] == "RESPONSE"
