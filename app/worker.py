@@ -30,6 +30,7 @@ TASK_MODULES = [
     "commerce.consent.tasks",
     "commerce.alerts.tasks",
     "commerce.outbound.tasks",
+    "commerce.reconciliation.tasks",
     "commerce.reports.tasks",
     "webhooks.tasks",
 ]

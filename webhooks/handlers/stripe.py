@@ -208,12 +208,19 @@ def dispute_event(session: Session, event: Obj, dispute: Obj) -> None:
 
 
 def payout_paid(session: Session, event: Obj, payout: Obj) -> None:
+    """Keep the payout; once it commits, its balance transactions are listed, tied to sales
+    and checked against its amount (commerce/reconciliation/payouts.py). Delivered again,
+    the payout is checked again: lines are stored once, a mismatch since explained resolves."""
+    from commerce.db import after_commit
+    from commerce.reconciliation.payouts import enqueue_fetch
+
     arrival = payout.get("arrival_date")
+    currency = str(payout["currency"]).upper()
     values = {
         "id": payout["id"],
         "stripe_account": event.get("account"),
-        "amount": int(payout["amount"]),
-        "currency": str(payout["currency"]).upper(),
+        "amount": from_stripe_amount(int(payout["amount"]), currency),
+        "currency": currency,
         "status": payout.get("status") or "paid",
         "arrival_date": datetime.fromtimestamp(int(arrival), UTC) if arrival else None,
     }
@@ -222,6 +229,8 @@ def payout_paid(session: Session, event: Obj, payout: Obj) -> None:
         .values(**values)
         .on_conflict_do_update(index_elements=[Payout.id], set_={"status": values["status"]})
     )
+    payout_id = values["id"]
+    after_commit(session, lambda: enqueue_fetch(payout_id))
 
 
 HANDLERS: dict[str, Callable[[Session, Obj, Obj], None]] = {
