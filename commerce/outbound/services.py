@@ -254,6 +254,30 @@ def emit(
 
     The same `dedupe_key` again records nothing (a repeated cause is one event). Returns the
     event, or None when no endpoint wants it or it was already recorded.
+
+    How a producer uses it (`on_sale_changed` below is the model; `reconciliation.exception`
+    and `attribution.created` are produced the same way by their own modules):
+
+    - Call it inside the transaction that makes the change the event reports, after the
+      change is flushed, never after the commit and never in a transaction of its own: the
+      event is recorded if and only if the change commits, and a rollback takes it back.
+      It takes a KEY SHARE lock on the merchant's subscribed endpoints (an endpoint being
+      deleted is waited for, then left out) and flushes; it never commits.
+    - `event_type` is one of `models.EVENT_TYPES`; anything else raises ValueError (a
+      programming error, not the merchant's).
+    - `data` is the JSON the merchant receives as the body's `data`, kept as built: every
+      attempt and redelivery sends it again under the same `webhook-id`. It names the
+      object kind in `"object"` (`"reconciliation_exception"`, `"attribution"`) and carries
+      its `id` and the ids the merchant knows it by (sale, offer, conversation); amounts in
+      minor units with their `currency`; times as RFC 3339 UTC strings. It is the merchant's
+      own data only: no card data beyond what the merchant's API shows (a merchant-scoped
+      card alias, never a PAN, token, PAR or another merchant's alias), and nothing a
+      partner shared for a purpose other than the one that produced the event.
+    - `dedupe_key` names the cause, stably, so that running the producer again (a task
+      delivered twice, a batch re-run, a replayed webhook) records no second event:
+      `f"{event_type}:{object id}:{cause}"`, e.g. `"reconciliation.exception:<exception
+      id>:opened"`, `"attribution.created:<attribution id>"`. At most 160 characters;
+      unique per merchant.
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown outbound event type {event_type!r}")
@@ -424,11 +448,15 @@ def send_pinned(
     headers: dict[str, str],
     *,
     timeout: float = TIMEOUT_SECONDS,
+    ca_bundle: str | None = None,
 ) -> Reply:
     """POST to the checked address (never re-resolved), without following redirects.
 
-    `trust_env` is off: a proxy from the environment would resolve the name itself, and
-    .netrc credentials must not go to a merchant's server.
+    For https the certificate is verified, always, against the URL's host name (not the
+    address connected to): against the system's trust store, or `ca_bundle` (a PEM file),
+    which only the tests pass, to trust the CA of a local receiver; nothing turns the
+    verification off. `trust_env` is off: a proxy from the environment would resolve the
+    name itself, and .netrc credentials must not go to a merchant's server.
     """
     adapter = guard.PinnedAdapter(destination)
     with requests.Session() as http:
@@ -442,6 +470,7 @@ def send_pinned(
             timeout=timeout,
             allow_redirects=False,
             stream=True,
+            verify=ca_bundle or True,
         )
         try:
             snippet = response.raw.read(_BODY_SNIPPET, decode_content=True) or b""
