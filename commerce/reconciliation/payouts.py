@@ -412,6 +412,28 @@ def enqueue_fetch(payout_id: str) -> None:
         log.warning("payout %s not queued; the sweep will fetch its lines", payout_id)
 
 
+def payouts_explained_since(session: Session, *, limit: int = 500) -> list[str]:
+    """Payouts with a charge, refund or dispute line tied to no sale whose sale event has
+    been recorded since: checked again, their mismatch resolves."""
+    kinds = sorted({kind for wanted in _TIES.values() for kind in wanted})
+    return list(
+        session.scalars(
+            select(PayoutLine.payout_id)
+            .distinct()
+            .join(Payout, Payout.id == PayoutLine.payout_id)
+            .join(SaleEvent, SaleEvent.source_ref == PayoutLine.source_id)
+            .join(Sale, Sale.id == SaleEvent.sale_id)
+            .where(
+                PayoutLine.sale_id.is_(None),
+                PayoutLine.type.in_(sorted(_TIES)),
+                SaleEvent.kind.in_(kinds),
+                (Payout.merchant_id.is_(None)) | (Payout.merchant_id == Sale.merchant_id),
+            )
+            .limit(limit)
+        )
+    )
+
+
 def unfetched_payouts(session: Session, *, older_than: datetime) -> list[str]:
     """Payouts whose lines were never listed, received before `older_than` (and within the
     last days: one whose lines Stripe keeps refusing is not asked for forever)."""

@@ -66,9 +66,11 @@ def fetch_payout_lines(self, payout_id: str) -> str | None:  # type: ignore[no-u
 
 @shared_task(name="reconciliation.sweep_payouts")
 def sweep_payouts() -> int:
-    """Queue the payouts whose lines were never listed (their task was lost)."""
+    """Queue the payouts whose lines were never listed (their task was lost), and those with
+    a line whose sale's event arrived after their last check gave up waiting."""
     with transaction(runtime.sessions()) as session:
         ids = payouts.unfetched_payouts(session, older_than=utcnow() - SWEEP_AFTER)
-    for payout_id in ids:
+        ids += payouts.payouts_explained_since(session)
+    for payout_id in dict.fromkeys(ids):
         fetch_payout_lines.apply_async(args=[payout_id])
     return len(ids)

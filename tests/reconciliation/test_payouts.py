@@ -285,9 +285,14 @@ def test_a_mismatch_checked_again_once_its_sale_is_known_is_resolved(app, web, c
             with transaction(committed) as session:
                 stored = accept_stripe_event(session.connection(), event, event["type"], headers={})
             assert inbox.process(committed, stored.id) == "processed"
+    # The sweep finds the payout whose line is explained since its last check...
+    with committed() as session:
+        assert payout["id"] in payouts.payouts_explained_since(session)
     with transaction(committed) as session:
         check = payouts.record_lines(session, payout["id"], listed, final=True)
     assert check.status == "resolved"
+    with committed() as session:  # ...and, checked, no longer.
+        assert payout["id"] not in payouts.payouts_explained_since(session)
     (resolved,) = exceptions_of(committed, shop.merchant_id)
     assert (resolved.status, resolved.resolved_at is not None) == ("resolved", True)
     with committed() as session:
