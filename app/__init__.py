@@ -16,7 +16,7 @@ import redis
 from flask import Flask
 from flask_smorest import Api
 
-from app import auth, errors, logs, web
+from app import auth, dashboard, errors, logs, web
 from app.api import (
     conversations,
     health,
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # 4. Blueprints.
     web.register(app)
     health.register(app)
+    dashboard.register(app)
     for module in (
         merchants,
         partners,
