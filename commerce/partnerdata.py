@@ -17,7 +17,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, any_, exists, literal, or_, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    Table,
+    and_,
+    any_,
+    exists,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from commerce.audit.services import record
@@ -105,5 +116,45 @@ def read(
         subject_type=model.__tablename__,
         purpose=purpose,
         detail={"rows": len(rows)},
+    )
+    return rows
+
+
+def stage_transactions(
+    session: Session,
+    *,
+    into: str,
+    purpose: str,
+    actor: str,
+    where: Sequence[ColumnElement[bool]] = (),
+    columns: Sequence[str] | None = None,
+) -> int:
+    """Copy the card transactions usable for `purpose` and matching `where` into a temporary
+    table `into` (dropped at commit), for set-based work such as reconciliation; `columns`
+    keeps only those columns, distinct. The read is audited with its row count."""
+    table = CardTransaction.__table__
+    chosen = [table.c[name] for name in columns] if columns else list(table.c)
+    query = select(*chosen).where(usable(CardTransaction, purpose), *where)
+    if columns:
+        query = query.distinct()
+    temporary = Table(
+        into,
+        MetaData(),
+        *(Column(column.name, column.type) for column in chosen),
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DROP",
+    )
+    connection = session.connection()
+    temporary.create(connection)
+    rows = connection.execute(
+        temporary.insert().from_select([c.name for c in chosen], query)
+    ).rowcount
+    record(
+        session,
+        actor=actor,
+        action="partner_data.read",
+        subject_type=CardTransaction.__tablename__,
+        purpose=purpose,
+        detail={"rows": rows, "into": into},
     )
     return rows

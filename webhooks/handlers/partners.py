@@ -17,6 +17,7 @@ from commerce.cards.transactions import record_card_transaction
 from commerce.consent.services import apply_consent, consent_in_force, record_balance
 from commerce.errors import InvalidInput
 from commerce.partners.services import agreement_in_force
+from commerce.reconciliation import engine as reconciliation
 from webhooks.inbox import Ignored, handles
 from webhooks.models import InboxEvent
 
@@ -87,6 +88,10 @@ def handle(session: Session, row: InboxEvent) -> None:
             purposes=purposes,
             inbox_event_id=row.id,
         )
+        if reconciliation.PURPOSE in transaction.purposes:
+            # Continuous reconciliation of the card group, in the event's transaction.
+            session.flush()
+            reconciliation.reconcile_card(session, transaction.merchant_id, transaction.card_last4)
         if "fraud_alerts" in transaction.purposes:
             # Judged through the fraud-alerts read path, which checks the consent again;
             # an alert's sending task is queued after the commit.

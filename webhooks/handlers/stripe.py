@@ -20,6 +20,7 @@ from commerce import locks
 from commerce.cards.services import card_ref_for, merchant_alias
 from commerce.payments.stripe import from_stripe_amount
 from commerce.payouts.models import Payout
+from commerce.reconciliation import engine as reconciliation
 from commerce.sales.models import Refund, Sale
 from commerce.sales.services import apply_refund_result, record_event
 from commerce.sales.states import EventKind
@@ -27,6 +28,8 @@ from webhooks.inbox import Ignored, Waiting, handles
 from webhooks.models import InboxEvent
 
 Obj = dict[str, Any]
+#: session.info key: sales this event touched -> their card's last four before it.
+_TOUCHED = "reconciliation.touched_sales"
 
 
 def _when(event: Obj) -> datetime:
@@ -52,6 +55,9 @@ def _sale_for_intent(session: Session, intent_id: str | None, obj: Obj) -> Sale:
         raise Ignored(f"PaymentIntent {intent_id} was not created by chatledger")
     sale = locks.lock_sale(session, sale_id)
     assert sale is not None
+    # Reconciled once the handler is done, with the card group it was in before (a charge
+    # may be what first tells the card's last four digits).
+    session.info.setdefault(_TOUCHED, {}).setdefault(sale.id, sale.card_last4)
     return sale
 
 
@@ -256,4 +262,9 @@ def handle(session: Session, row: InboxEvent) -> None:
     handler = HANDLERS.get(row.event_type)
     if handler is None:
         raise Ignored(f"{row.event_type} is not an event chatledger keeps")
+    session.info.pop(_TOUCHED, None)
     handler(session, event, event["data"]["object"])
+    # Continuous reconciliation, in the event's transaction.
+    session.flush()
+    for sale_id, previous_last4 in sorted(session.info.pop(_TOUCHED, {}).items()):
+        reconciliation.reconcile_sale(session, sale_id, previous_last4=previous_last4)

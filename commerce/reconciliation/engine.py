@@ -1,0 +1,687 @@
+"""The reconciliation engine: set-based SQL over a scope, the same for both ways of running.
+
+docs/RECONCILIATION.md states the rules; this module is their one implementation.
+
+A *scope* names sales and card groups (a merchant's sales and card purchases that share the
+card's last four digits). `reconcile` gathers the scope into temporary tables, computes the
+matches and exceptions the rules call for, and makes the stored rows of the scope equal to
+them: new ones inserted, changed ones updated, vanished matches deleted and vanished
+exceptions resolved. Rows already right are not touched, so a second run changes nothing.
+
+- The continuous path (`Scope.items`) is one event's sale and card group, reconciled in the
+  event's transaction.
+- A batch (`Scope.period`) is every sale created in the period and every card group with a
+  sale or a purchase in it.
+
+Matching never looks outside a card group and a group is always taken whole, so both give
+the same rows on the same data.
+
+Concurrency: the continuous path takes a transaction-scoped advisory lock per card group
+(after a shared lock on the merchant); a batch takes the merchant's lock exclusively. The
+last writer of a group therefore always reads what the one before it committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from commerce import partnerdata
+from commerce.db import utcnow
+from commerce.reconciliation.models import (
+    DEFAULT_AMOUNT_TOLERANCE,
+    DEFAULT_CLEARING_DAYS,
+    DEFAULT_TIME_WINDOW_SECONDS,
+)
+
+#: Card data is linked to a merchant's sales under this purpose, and no other.
+PURPOSE = "sales_attribution"
+ACTOR = "system:reconciliation"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What to reconcile. Build with `Scope.items` or `Scope.period`."""
+
+    merchant_id: str | None = None
+    sale_ids: tuple[str, ...] = ()
+    #: Card groups of `merchant_id`, by last four digits (continuous path).
+    last4s: tuple[str, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    #: "Now" for rules that depend on time (missing_clearing); default: the current time.
+    as_of: datetime | None = None
+    #: Extra (merchant_id, last4) groups to include (a sale that moved between groups).
+    groups: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def items(
+        cls,
+        merchant_id: str,
+        *,
+        sale_ids: Iterable[str] = (),
+        last4s: Iterable[str | None] = (),
+        as_of: datetime | None = None,
+    ) -> Scope:
+        return cls(
+            merchant_id=merchant_id,
+            sale_ids=tuple(sorted(set(sale_ids))),
+            last4s=tuple(sorted({x for x in last4s if x})),
+            as_of=as_of,
+        )
+
+    @classmethod
+    def period(
+        cls,
+        start: datetime,
+        end: datetime,
+        *,
+        merchant_id: str | None = None,
+        as_of: datetime | None = None,
+    ) -> Scope:
+        return cls(merchant_id=merchant_id, start=start, end=end, as_of=as_of)
+
+    @property
+    def is_period(self) -> bool:
+        return self.start is not None
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key."""
+    digest = hashlib.blake2b("\x1f".join(("reconciliation", *parts)).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _lock(session: Session, scope: Scope) -> None:
+    if scope.is_period:
+        merchants: Sequence[str]
+        if scope.merchant_id is not None:
+            merchants = [scope.merchant_id]
+        else:
+            merchants = list(session.scalars(text("SELECT id FROM merchants ORDER BY id")))
+        for merchant_id in merchants:
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(merchant_id)})
+        return
+    assert scope.merchant_id is not None
+    session.execute(
+        text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _lock_key(scope.merchant_id)}
+    )
+    for last4 in scope.last4s:  # sorted: two events never wait for each other in a cycle
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:k)"),
+            {"k": _lock_key(scope.merchant_id, last4)},
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The scope, gathered into temporary tables (dropped at commit).
+# --------------------------------------------------------------------------------------------
+
+_TEMP = (
+    "rc_groups",
+    "rc_scope_sales",
+    "rc_sales",
+    "rc_card",
+    "rc_purch",
+    "rc_match",
+    "rc_srefund",
+    "rc_cand",
+)
+
+_GROUPS_OF_ITEMS = """
+INSERT INTO rc_groups (merchant_id, last4)
+SELECT :merchant_id, x FROM unnest(CAST(:last4s AS text[])) AS x
+UNION
+SELECT merchant_id, card_last4 FROM sales
+ WHERE id = ANY(CAST(:sale_ids AS text[])) AND card_last4 IS NOT NULL
+"""
+
+_SCOPE_SALES_OF_ITEMS = """
+INSERT INTO rc_scope_sales (id)
+SELECT id FROM sales WHERE id = ANY(CAST(:sale_ids AS text[]))
+"""
+
+_SCOPE_SALES_OF_PERIOD = """
+INSERT INTO rc_scope_sales (id)
+SELECT id FROM sales
+ WHERE created_at >= :start AND created_at < :end
+   AND (CAST(:merchant_id AS text) IS NULL OR merchant_id = :merchant_id)
+"""
+
+_GROUPS_OF_PERIOD_SALES = """
+INSERT INTO rc_groups (merchant_id, last4)
+SELECT DISTINCT s.merchant_id, s.card_last4
+  FROM sales s JOIN rc_scope_sales x ON x.id = s.id
+ WHERE s.card_last4 IS NOT NULL
+ON CONFLICT DO NOTHING
+"""
+
+#: Card groups with a purchase in the period: which groups, not what is in them (the
+#: transactions themselves are read through the partner-data path below).
+_GROUPS_OF_PERIOD_CARDS = """
+INSERT INTO rc_groups (merchant_id, last4)
+SELECT DISTINCT merchant_id, card_last4 FROM rc_period_card
+ WHERE merchant_id IS NOT NULL AND card_last4 IS NOT NULL
+ON CONFLICT DO NOTHING
+"""
+
+#: Every sale of the scope: those named, and every sale of every card group, whole.
+_SALES = """
+INSERT INTO rc_sales
+SELECT s.id, s.merchant_id, s.amount, s.currency, s.created_at, s.card_last4,
+       lower(s.card_brand), s.card_ref_id, s.amount_captured, s.state, s.payment_intent_id,
+       coalesce(st.amount_tolerance, :default_tolerance),
+       make_interval(secs => coalesce(st.time_window_seconds, :default_window)),
+       coalesce(st.clearing_days, :default_clearing_days),
+       coalesce(ch.charges, '{}'), cardinality(coalesce(ch.charges, '{}'))
+  FROM sales s
+  LEFT JOIN reconciliation_settings st ON st.merchant_id = s.merchant_id
+  LEFT JOIN LATERAL (
+        -- Stripe's charges of the sale: distinct charge ids; a PaymentIntent-level fact
+        -- without a charge id counts as one charge only when no charge id is known.
+        SELECT CASE WHEN bool_or(e.source_ref <> coalesce(s.payment_intent_id, ''))
+                    THEN array_agg(DISTINCT e.source_ref ORDER BY e.source_ref)
+                         FILTER (WHERE e.source_ref <> coalesce(s.payment_intent_id, ''))
+                    ELSE array_agg(DISTINCT e.source_ref) END AS charges
+          FROM sale_events e
+         WHERE e.sale_id = s.id AND e.kind = 'payment_succeeded' AND e.source = 'stripe'
+  ) ch ON true
+ WHERE s.id IN (SELECT id FROM rc_scope_sales)
+    OR (s.merchant_id, s.card_last4) IN (SELECT merchant_id, last4 FROM rc_groups)
+"""
+
+#: Card purchases: authorization and clearing of one (partner, transaction id), together.
+_PURCHASES = """
+INSERT INTO rc_purch
+SELECT k.partner_id || ':' || k.transaction_id,
+       k.partner_id, k.transaction_id,
+       coalesce(a.id, c.id), coalesce(a.merchant_id, c.merchant_id),
+       coalesce(a.card_last4, c.card_last4), lower(coalesce(a.card_brand, c.card_brand)),
+       coalesce(a.card_ref_id, c.card_ref_id), coalesce(a.mid, c.mid),
+       coalesce(a.amount, c.amount), coalesce(a.currency, c.currency),
+       coalesce(a.occurred_at, c.occurred_at),
+       a.id IS NOT NULL, c.id IS NOT NULL, c.amount, coalesce(c.amount, a.amount),
+       EXISTS (SELECT 1 FROM rc_card r
+                WHERE r.kind = 'reversed' AND r.partner_id = k.partner_id
+                  AND coalesce(r.original_transaction_id, r.transaction_id) = k.transaction_id),
+       coalesce(st.clearing_days, :default_clearing_days)
+  FROM (SELECT DISTINCT partner_id, transaction_id FROM rc_card
+         WHERE kind IN ('authorized', 'cleared')) k
+  LEFT JOIN rc_card a
+         ON a.partner_id = k.partner_id AND a.transaction_id = k.transaction_id
+        AND a.kind = 'authorized'
+  LEFT JOIN rc_card c
+         ON c.partner_id = k.partner_id AND c.transaction_id = k.transaction_id
+        AND c.kind = 'cleared'
+  LEFT JOIN reconciliation_settings st
+         ON st.merchant_id = coalesce(a.merchant_id, c.merchant_id)
+"""
+
+#: Stripe's counted refunds of the sales in scope: succeeded, and not later reported failed.
+_STRIPE_REFUNDS = """
+INSERT INTO rc_srefund
+SELECT e.sale_id, e.source_ref, e.amount, e.occurred_at
+  FROM sale_events e JOIN rc_sales s ON s.id = e.sale_id
+ WHERE e.kind = 'refund_succeeded' AND e.amount IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM sale_events f
+                    WHERE f.sale_id = e.sale_id AND f.kind = 'refund_failed'
+                      AND f.source_ref = e.source_ref)
+"""
+
+_CREATE_TEMP = """
+CREATE TEMPORARY TABLE rc_groups (
+    merchant_id text NOT NULL, last4 text NOT NULL, PRIMARY KEY (merchant_id, last4)
+) ON COMMIT DROP;
+CREATE TEMPORARY TABLE rc_scope_sales (id text PRIMARY KEY) ON COMMIT DROP;
+CREATE TEMPORARY TABLE rc_sales (
+    id text PRIMARY KEY, merchant_id text, amount bigint, currency text,
+    created_at timestamptz, last4 text, brand text, card_ref_id text,
+    amount_captured bigint, state text, payment_intent_id text,
+    tol bigint, win interval, clearing_days int, charges text[], n_charges int
+) ON COMMIT DROP;
+CREATE TEMPORARY TABLE rc_purch (
+    pkey text PRIMARY KEY, partner_id text, transaction_id text, row_id text,
+    merchant_id text, last4 text, brand text, card_ref_id text, mid text,
+    amount bigint, currency text, at timestamptz,
+    authorized bool, cleared bool, cleared_amount bigint, final_amount bigint,
+    reversed bool, clearing_days int
+) ON COMMIT DROP;
+CREATE TEMPORARY TABLE rc_match (
+    sale_id text PRIMARY KEY, pkey text UNIQUE NOT NULL, rule text, confidence numeric(3,2)
+) ON COMMIT DROP;
+CREATE TEMPORARY TABLE rc_srefund (
+    sale_id text, refund_id text, amount bigint, occurred_at timestamptz
+) ON COMMIT DROP;
+"""
+
+# --------------------------------------------------------------------------------------------
+# 2. Card purchases to sales: three passes, each a greedy one-to-one assignment.
+# --------------------------------------------------------------------------------------------
+
+#: Candidate pairs of a pass among what is still unmatched, with the pass's confidence.
+_CANDIDATES = """
+CREATE TEMPORARY TABLE rc_cand ON COMMIT DROP AS
+SELECT s.id AS sale_id, p.pkey,
+       abs(extract(epoch FROM p.at - s.created_at)) AS dt,
+       abs(p.amount - s.amount) AS da,
+       CAST({confidence} AS numeric(3,2)) AS confidence
+  FROM rc_purch p
+  JOIN rc_sales s
+    ON s.merchant_id = p.merchant_id AND s.last4 = p.last4
+   AND p.at BETWEEN s.created_at - s.win AND s.created_at + s.win
+   AND (s.brand IS NULL OR p.brand IS NULL OR s.brand = p.brand)
+   AND {condition}
+ WHERE NOT p.reversed
+   AND NOT EXISTS (SELECT 1 FROM rc_match m WHERE m.sale_id = s.id)
+   AND NOT EXISTS (SELECT 1 FROM rc_match m WHERE m.pkey = p.pkey)
+"""
+
+#: The order (time apart, amount apart, sale id, purchase key) is total, so taking every
+#: pair that is the best for both of its sides, again and again until none is left, gives
+#: the greedy one-to-one assignment in that order.
+_TAKE_BEST = """
+WITH ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY sale_id ORDER BY dt, da, pkey) AS by_sale,
+              row_number() OVER (PARTITION BY pkey ORDER BY dt, da, sale_id) AS by_purchase
+      FROM rc_cand
+)
+INSERT INTO rc_match (sale_id, pkey, rule, confidence)
+SELECT sale_id, pkey, :rule, confidence FROM ranked WHERE by_sale = 1 AND by_purchase = 1
+"""
+
+_DROP_TAKEN = """
+DELETE FROM rc_cand c USING rc_match m WHERE m.sale_id = c.sale_id;
+DELETE FROM rc_cand c USING rc_match m WHERE m.pkey = c.pkey
+"""
+
+PASSES: tuple[tuple[str, str, str], ...] = (
+    (
+        "card_exact",
+        "p.currency = s.currency AND p.amount = s.amount",
+        "CASE WHEN s.card_ref_id IS NOT NULL AND s.card_ref_id = p.card_ref_id"
+        " THEN 1.00 ELSE 0.95 END",
+    ),
+    (
+        "card_tolerance",
+        "p.currency = s.currency AND abs(p.amount - s.amount) <= s.tol",
+        "0.80",
+    ),
+    ("card_time", "true", "0.50"),
+)
+
+# --------------------------------------------------------------------------------------------
+# 3. What the rules call for: matches and exceptions.
+# --------------------------------------------------------------------------------------------
+
+_WANT_MATCHES = """
+CREATE TEMPORARY TABLE rc_want_match ON COMMIT DROP AS
+-- Stripe's charges, by the PaymentIntent chatledger created and the charge id.
+SELECT s.merchant_id, s.id AS sale_id, 'stripe_charge'::text AS kind, c.charge AS source_key,
+       NULL::text AS card_transaction_id, 'payment_intent'::text AS rule,
+       jsonb_build_object('payment_intent_id', s.payment_intent_id, 'charge_id', c.charge)
+         AS fields,
+       1.00::numeric(3,2) AS confidence,
+       s.amount_captured AS amount, s.currency
+  FROM rc_sales s CROSS JOIN LATERAL unnest(s.charges) AS c(charge)
+UNION ALL
+-- Stripe's refunds, each by its refund id.
+SELECT s.merchant_id, s.id, 'stripe_refund', r.refund_id, NULL,
+       'refund_id', jsonb_build_object('refund_id', r.refund_id), 1.00, r.amount, s.currency
+  FROM rc_srefund r JOIN rc_sales s ON s.id = r.sale_id
+UNION ALL
+-- Card purchases, by the pass that matched them.
+SELECT s.merchant_id, s.id, 'card_purchase', p.pkey, p.row_id, m.rule,
+       jsonb_build_object(
+           'mid', p.mid, 'last4', p.last4, 'brand', p.brand,
+           'card_ref', CASE WHEN s.card_ref_id = p.card_ref_id THEN 'same' END,
+           'amount', jsonb_build_object('sale', s.amount, 'card', p.amount),
+           'currency', jsonb_build_object('sale', s.currency, 'card', p.currency),
+           'seconds_apart', round(extract(epoch FROM p.at - s.created_at))::bigint),
+       m.confidence, p.amount, p.currency
+  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
+UNION ALL
+-- Card refunds of a matched purchase, paired with Stripe refunds of the same amount.
+SELECT merchant_id, sale_id, 'card_refund', pkey, row_id, 'refund_amount',
+       jsonb_build_object('refund_id', refund_id, 'amount', amount), 0.90, amount, currency
+  FROM rc_refund_pairs WHERE refund_id IS NOT NULL
+"""
+
+#: Card refunds of matched purchases, each paired (or not) with a Stripe refund of the sale:
+#: the n-th card refund of an amount with the n-th Stripe refund of that amount.
+_REFUND_PAIRS = """
+CREATE TEMPORARY TABLE rc_refund_pairs ON COMMIT DROP AS
+WITH card AS (
+    SELECT s.merchant_id, m.sale_id, r.partner_id || ':' || r.transaction_id AS pkey,
+           r.id AS row_id, r.amount, r.currency, r.occurred_at,
+           row_number() OVER (PARTITION BY m.sale_id, r.amount
+                              ORDER BY r.occurred_at, r.transaction_id) AS n
+      FROM rc_card r
+      JOIN rc_match m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
+      JOIN rc_sales s ON s.id = m.sale_id
+     WHERE r.kind = 'refunded'
+), stripe AS (
+    SELECT sale_id, refund_id, amount,
+           row_number() OVER (PARTITION BY sale_id, amount ORDER BY occurred_at, refund_id) AS n
+      FROM rc_srefund
+)
+SELECT card.*, stripe.refund_id
+  FROM card LEFT JOIN stripe
+    ON stripe.sale_id = card.sale_id AND stripe.amount = card.amount AND stripe.n = card.n
+"""
+
+_WANT_EXCEPTIONS = """
+CREATE TEMPORARY TABLE rc_want_exc ON COMMIT DROP AS
+-- Stripe captured another amount than the sale's.
+SELECT s.merchant_id, 'amount_mismatch'::text AS type,
+       'sale:' || s.id || '\\:stripe' AS subject_key,
+       s.id AS sale_id, NULL::text AS card_transaction_id,
+       jsonb_build_object('amount', jsonb_build_object('sale', s.amount,
+                                                       'stripe', s.amount_captured)) AS fields,
+       s.created_at AS opened_at
+  FROM rc_sales s
+ WHERE s.n_charges > 0 AND abs(s.amount_captured - s.amount) > s.tol
+UNION ALL
+-- Stripe charged the sale more than once.
+SELECT s.merchant_id, 'duplicate_charge', 'sale:' || s.id || '\\:stripe', s.id, NULL,
+       jsonb_build_object('charges', jsonb_build_object('expected', 1, 'stripe', s.n_charges),
+                          'charge_ids', to_jsonb(s.charges)),
+       s.created_at
+  FROM rc_sales s WHERE s.n_charges > 1
+UNION ALL
+-- The sale's dispute is open.
+SELECT s.merchant_id, 'disputed', 'sale:' || s.id || '\\:stripe', s.id, NULL,
+       jsonb_build_object('state', jsonb_build_object('expected', 'paid', 'stripe', s.state)),
+       s.created_at
+  FROM rc_sales s WHERE s.state = 'disputed'
+UNION ALL
+-- A matched purchase in another currency.
+SELECT s.merchant_id, 'currency_mismatch', 'sale:' || s.id || '\\:card', s.id, p.row_id,
+       jsonb_build_object('currency', jsonb_build_object('sale', s.currency, 'card', p.currency),
+                          'amount', jsonb_build_object('sale', s.amount, 'card', p.amount),
+                          'transaction', p.pkey),
+       s.created_at
+  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
+ WHERE p.currency <> s.currency
+UNION ALL
+-- A matched purchase whose final amount is not the sale's final amount.
+SELECT s.merchant_id, 'amount_mismatch', 'sale:' || s.id || '\\:card', s.id, p.row_id,
+       jsonb_build_object('amount', jsonb_build_object(
+                              'sale', CASE WHEN s.amount_captured > 0 THEN s.amount_captured
+                                           ELSE s.amount END,
+                              'card', p.final_amount),
+                          'transaction', p.pkey),
+       s.created_at
+  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
+ WHERE p.currency = s.currency
+   AND abs(p.final_amount - CASE WHEN s.amount_captured > 0 THEN s.amount_captured
+                                 ELSE s.amount END) > s.tol
+UNION ALL
+-- The bank says the money moved; Stripe reports no capture.
+SELECT s.merchant_id, 'missing_payment', 'sale:' || s.id, s.id, p.row_id,
+       jsonb_build_object('captured', jsonb_build_object('stripe', s.amount_captured,
+                                                         'card', p.cleared_amount),
+                          'transaction', p.pkey),
+       s.created_at
+  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
+ WHERE p.cleared AND s.amount_captured = 0
+UNION ALL
+-- An authorization that never cleared.
+SELECT p.merchant_id, 'missing_clearing', 'txn:' || p.pkey, m.sale_id, p.row_id,
+       jsonb_build_object('cleared', jsonb_build_object('expected', true, 'card', false),
+                          'authorized_at', p.at, 'clearing_days', p.clearing_days,
+                          'amount', p.amount, 'currency', p.currency),
+       p.at
+  FROM rc_purch p LEFT JOIN rc_match m ON m.pkey = p.pkey
+ WHERE p.authorized AND NOT p.cleared AND NOT p.reversed
+   AND p.at < CAST(:as_of AS timestamptz) - make_interval(days => p.clearing_days)
+UNION ALL
+-- Unmatched purchases: a duplicate of a matched one, or a purchase made outside the chat.
+SELECT p.merchant_id,
+       CASE WHEN d.sale_id IS NOT NULL THEN 'duplicate_charge' ELSE 'orphan_transaction' END,
+       'txn:' || p.pkey, d.sale_id, p.row_id,
+       CASE WHEN d.sale_id IS NOT NULL
+            THEN jsonb_build_object('transaction', jsonb_build_object(
+                                        'matched', d.matched, 'duplicate', p.pkey),
+                                    'amount', p.amount, 'currency', p.currency)
+            ELSE jsonb_build_object('sale', jsonb_build_object('expected', true, 'found', false),
+                                    'mid', p.mid, 'amount', p.amount, 'currency', p.currency)
+       END,
+       p.at
+  FROM rc_purch p
+  LEFT JOIN LATERAL (
+        SELECT s.id AS sale_id, m.pkey AS matched
+          FROM rc_sales s JOIN rc_match m ON m.sale_id = s.id
+         WHERE s.merchant_id = p.merchant_id AND s.last4 = p.last4
+           AND p.at BETWEEN s.created_at - s.win AND s.created_at + s.win
+           AND (s.brand IS NULL OR p.brand IS NULL OR s.brand = p.brand)
+           AND s.currency = p.currency AND s.amount = p.amount
+         ORDER BY abs(extract(epoch FROM p.at - s.created_at)), s.id
+         LIMIT 1
+  ) d ON true
+ WHERE NOT p.reversed AND p.merchant_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM rc_match m WHERE m.pkey = p.pkey)
+UNION ALL
+-- A card refund with no Stripe refund of that amount on the sale.
+SELECT merchant_id, 'refund_mismatch', 'txn:' || pkey, sale_id, row_id,
+       jsonb_build_object('refund', jsonb_build_object('card', amount, 'stripe', NULL),
+                          'currency', currency),
+       occurred_at
+  FROM rc_refund_pairs WHERE refund_id IS NULL
+UNION ALL
+-- A chargeback on a matched purchase whose sale has no dispute at Stripe.
+SELECT s.merchant_id, 'disputed', 'txn:' || r.partner_id || ':' || r.transaction_id, s.id, r.id,
+       jsonb_build_object('state', jsonb_build_object('card', 'chargeback', 'stripe', s.state),
+                          'amount', r.amount, 'currency', r.currency),
+       r.occurred_at
+  FROM rc_card r
+  JOIN rc_match m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
+  JOIN rc_sales s ON s.id = m.sale_id
+ WHERE r.kind = 'chargeback' AND s.state NOT IN ('disputed', 'dispute_won', 'dispute_lost')
+"""
+
+# --------------------------------------------------------------------------------------------
+# 4. Make the stored rows of the scope equal to what the rules call for.
+# --------------------------------------------------------------------------------------------
+
+_DELETE_MATCHES = """
+DELETE FROM reconciliation_matches t
+ WHERE t.sale_id IN (SELECT id FROM rc_sales)
+   AND NOT EXISTS (SELECT 1 FROM rc_want_match w
+                    WHERE w.sale_id = t.sale_id AND w.kind = t.kind
+                      AND w.source_key = t.source_key)
+"""
+
+_UPSERT_MATCHES = """
+INSERT INTO reconciliation_matches AS t
+       (merchant_id, sale_id, kind, source_key, card_transaction_id, rule, fields, confidence,
+        amount, currency, created_at)
+SELECT merchant_id, sale_id, kind, source_key, card_transaction_id, rule, fields, confidence,
+       amount, currency, now()
+  FROM rc_want_match
+ON CONFLICT (sale_id, kind, source_key) DO UPDATE
+   SET card_transaction_id = excluded.card_transaction_id, rule = excluded.rule,
+       fields = excluded.fields, confidence = excluded.confidence, amount = excluded.amount,
+       currency = excluded.currency
+ WHERE (t.card_transaction_id, t.rule, t.fields, t.confidence, t.amount, t.currency)
+       IS DISTINCT FROM (excluded.card_transaction_id, excluded.rule, excluded.fields,
+                         excluded.confidence, excluded.amount, excluded.currency)
+"""
+
+#: Exceptions of the scope that the rules no longer call for are resolved.
+_RESOLVE_EXCEPTIONS = """
+UPDATE reconciliation_exceptions t
+   SET status = 'resolved', resolved_at = now(), updated_at = now()
+ WHERE t.status IN ('open', 'acknowledged') AND t.type <> 'payout_mismatch'
+   AND (t.sale_id IN (SELECT id FROM rc_sales)
+        OR t.card_transaction_id IN (SELECT id FROM rc_card))
+   AND NOT EXISTS (SELECT 1 FROM rc_want_exc w
+                    WHERE w.merchant_id = t.merchant_id AND w.type = t.type
+                      AND w.subject_key = t.subject_key)
+"""
+
+_UPSERT_EXCEPTIONS = """
+INSERT INTO reconciliation_exceptions AS t
+       (id, merchant_id, type, subject_key, sale_id, card_transaction_id, fields, status,
+        opened_at, updated_at)
+SELECT 'rex_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
+       merchant_id, type, subject_key, sale_id, card_transaction_id, fields, 'open',
+       opened_at, now()
+  FROM rc_want_exc
+ON CONFLICT (merchant_id, type, subject_key) DO UPDATE
+   SET sale_id = excluded.sale_id, card_transaction_id = excluded.card_transaction_id,
+       fields = excluded.fields, opened_at = excluded.opened_at,
+       status = CASE WHEN t.status = 'resolved' THEN 'open' ELSE t.status END,
+       resolved_at = NULL, updated_at = now()
+ WHERE t.status = 'resolved'
+    OR (t.sale_id, t.card_transaction_id, t.fields, t.opened_at)
+       IS DISTINCT FROM (excluded.sale_id, excluded.card_transaction_id, excluded.fields,
+                         excluded.opened_at)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one reconciliation did: sizes of the scope and rows changed."""
+
+    sales: int
+    purchases: int
+    matches: int
+    exceptions: int
+    changed: dict[str, int]
+
+
+def _stage_card(
+    session: Session, into: str, condition: Any, columns: Sequence[str] | None = None
+) -> int:
+    return partnerdata.stage_transactions(
+        session, into=into, purpose=PURPOSE, actor=ACTOR, where=[condition], columns=columns
+    )
+
+
+def reconcile(session: Session, scope: Scope) -> Outcome:
+    """Reconcile `scope`: its matches and exceptions become what the rules call for."""
+    as_of = scope.as_of or utcnow()
+    defaults = {
+        "default_tolerance": DEFAULT_AMOUNT_TOLERANCE,
+        "default_window": DEFAULT_TIME_WINDOW_SECONDS,
+        "default_clearing_days": DEFAULT_CLEARING_DAYS,
+    }
+    _lock(session, scope)
+    run = session.execute
+    if scope.is_period:
+        # A batch may run long; its own statements are not held to the request timeout.
+        run(text("SET LOCAL statement_timeout = 0"))
+    for table in (*_TEMP, "rc_want_match", "rc_want_exc", "rc_refund_pairs", "rc_period_card"):
+        run(text(f"DROP TABLE IF EXISTS pg_temp.{table}"))
+    for statement in _CREATE_TEMP.strip().split(";\n"):
+        if statement.strip():
+            run(text(statement))
+
+    if scope.is_period:
+        params = {"start": scope.start, "end": scope.end, "merchant_id": scope.merchant_id}
+        run(text(_SCOPE_SALES_OF_PERIOD), params)
+        run(text(_GROUPS_OF_PERIOD_SALES))
+        # Which card groups had a purchase in the period (the groups only, not the rows).
+        _stage_card(
+            session,
+            "rc_period_card",
+            text(
+                "card_transactions.merchant_id IS NOT NULL"
+                " AND card_transactions.card_last4 IS NOT NULL"
+                " AND card_transactions.occurred_at >= :start"
+                " AND card_transactions.occurred_at < :end"
+                " AND (CAST(:merchant_id AS text) IS NULL"
+                "      OR card_transactions.merchant_id = :merchant_id)"
+            ).bindparams(start=scope.start, end=scope.end, merchant_id=scope.merchant_id),
+            columns=("merchant_id", "card_last4"),
+        )
+        run(text(_GROUPS_OF_PERIOD_CARDS))
+    else:
+        params = {
+            "merchant_id": scope.merchant_id,
+            "sale_ids": list(scope.sale_ids),
+            "last4s": list(scope.last4s),
+        }
+        run(text(_SCOPE_SALES_OF_ITEMS), params)
+        run(text(_GROUPS_OF_ITEMS), params)
+        extra = session.execute(
+            text("SELECT last4 FROM rc_groups WHERE NOT (last4 = ANY(CAST(:l AS text[])))"),
+            {"l": list(scope.last4s)},
+        ).scalars()
+        for last4 in sorted(extra):  # a sale's own group, when the event did not name it
+            run(
+                text("SELECT pg_advisory_xact_lock(:k)"),
+                {"k": _lock_key(scope.merchant_id or "", last4)},
+            )
+
+    run(text(_SALES), defaults)
+    run(text("ANALYZE rc_sales"))
+    _stage_card(
+        session,
+        "rc_card",
+        text(
+            "(card_transactions.merchant_id, card_transactions.card_last4)"
+            " IN (SELECT merchant_id, last4 FROM rc_groups)"
+        ),
+    )
+    run(text("ANALYZE rc_card"))
+    run(text(_PURCHASES), defaults)
+    run(text("ANALYZE rc_purch"))
+    run(text(_STRIPE_REFUNDS))
+
+    for rule, condition, confidence in PASSES:
+        run(text(_CANDIDATES.format(condition=condition, confidence=confidence)))
+        while run(text(_TAKE_BEST), {"rule": rule}).rowcount:
+            for statement in _DROP_TAKEN.strip().split(";\n"):
+                run(text(statement))
+        run(text("DROP TABLE rc_cand"))
+
+    run(text(_REFUND_PAIRS))
+    run(text(_WANT_MATCHES))
+    run(text(_WANT_EXCEPTIONS), {"as_of": as_of})
+
+    changed = {
+        "matches_deleted": run(text(_DELETE_MATCHES)).rowcount,
+        "matches_written": run(text(_UPSERT_MATCHES)).rowcount,
+        "exceptions_resolved": run(text(_RESOLVE_EXCEPTIONS)).rowcount,
+        "exceptions_written": run(text(_UPSERT_EXCEPTIONS)).rowcount,
+    }
+    counts = session.execute(
+        text(
+            "SELECT (SELECT count(*) FROM rc_sales), (SELECT count(*) FROM rc_purch),"
+            " (SELECT count(*) FROM rc_want_match), (SELECT count(*) FROM rc_want_exc)"
+        )
+    ).one()
+    return Outcome(
+        sales=counts[0],
+        purchases=counts[1],
+        matches=counts[2],
+        exceptions=counts[3],
+        changed=changed,
+    )
+
+
+def reconcile_sale(session: Session, sale_id: str, *, previous_last4: str | None = None) -> None:
+    """The continuous path for a sale whose Stripe facts changed."""
+    row = session.execute(
+        text("SELECT merchant_id, card_last4 FROM sales WHERE id = :id"), {"id": sale_id}
+    ).one_or_none()
+    if row is None:
+        return
+    reconcile(
+        session,
+        Scope.items(row.merchant_id, sale_ids=[sale_id], last4s=[row.card_last4, previous_last4]),
+    )
+
+
+def reconcile_card(session: Session, merchant_id: str | None, last4: str | None) -> None:
+    """The continuous path for a card transaction at one of the merchant's MIDs."""
+    if merchant_id is None or last4 is None:
+        return
+    reconcile(session, Scope.items(merchant_id, last4s=[last4]))
