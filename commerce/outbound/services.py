@@ -605,6 +605,15 @@ def _record(
     error = mask(result.error)[:_ERROR_CHARS] if result.error else None
     code = result.status_code
     with transaction(factory) as session:
+        if code == 410:
+            # The endpoint is disabled below: lock it first, in the order that disabling by
+            # hand and deleting take (the endpoint, then its deliveries), so that neither
+            # deadlocks with this.
+            endpoint_id = session.scalar(
+                select(WebhookDelivery.endpoint_id).where(WebhookDelivery.id == delivery_id)
+            )
+            if endpoint_id is not None:
+                session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
         delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
         if delivery is None:
             return None
