@@ -4,12 +4,15 @@ the merchant that owns the endpoint, and described in the OpenAPI document."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from commerce import runtime
+from commerce.db import transaction, utcnow
 from commerce.outbound import services
 from commerce.outbound.guard import AddressPolicy
 from commerce.outbound.models import (
@@ -19,6 +22,7 @@ from commerce.outbound.models import (
     WebhookEndpoint,
     WebhookEndpointSecret,
 )
+from tests.conftest import wait_for
 from tests.helpers import open_shop
 from tests.outbound.conftest import Hooked, delivery, emit
 from tests.outbound.receiver import Answer, Receiver
@@ -192,8 +196,6 @@ def test_deleting_drops_pending_deliveries_and_the_log_and_keeps_the_events(
     assert count(db, OutboundEvent, merchant_id=hooked.shop.merchant["id"]) == 2
     assert services.deliver(runtime.sessions(), pending.id, policy=policy) is None
     with runtime.sessions()() as session:
-        from commerce.db import utcnow
-
         assert pending.id not in services.due(session, now=utcnow())
     assert len(receiver.received) == 1
     # New events of the merchant record no delivery for it.
@@ -225,3 +227,111 @@ def test_the_routes_are_in_the_openapi_document(
     assert operation["security"]
     assert "404" in operation["responses"]
     assert operation["summary"] or operation.get("description")
+
+
+def _waiting_for_a_lock(factory: sessionmaker[Session]) -> bool:
+    with factory() as session:
+        return bool(
+            session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )
+
+
+def test_an_event_racing_the_deletion_of_its_endpoint_never_fails_the_change(
+    app, committed: sessionmaker[Session], receiver: Receiver, policy: AddressPolicy
+) -> None:
+    """The change an event reports (a sale's) must not fail because the endpoint went away
+    meanwhile. Deleted first: the event waits for the deletion and leaves the endpoint out.
+    Recorded first: the deletion waits, then takes the new delivery with it."""
+    shop = open_shop(app.test_client())
+    merchant_id = shop.merchant["id"]
+    with transaction(committed) as session:
+        endpoint, _ = services.create_endpoint(
+            session,
+            merchant_id=merchant_id,
+            url=receiver.url,
+            event_types=["sale.paid"],
+            policy=policy,
+        )
+    endpoint_id = endpoint.id
+
+    def emit_in_a_thread(key: str, outcome: dict[str, object]) -> threading.Thread:
+        def run() -> None:
+            try:
+                with transaction(committed) as session:
+                    event = services.emit(
+                        session,
+                        merchant_id=merchant_id,
+                        event_type="sale.paid",
+                        data={"object": "test"},
+                        dedupe_key=key,
+                    )
+                    outcome["event"] = event.id if event else None
+            except Exception as exc:  # the assertion below shows it
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    # Deleted first (not yet committed): the event waits, then finds no endpoint.
+    deleting = committed()
+    services.delete_endpoint(deleting, merchant_id=merchant_id, endpoint_id=endpoint_id)
+    outcome: dict[str, object] = {}
+    thread = emit_in_a_thread("race-1", outcome)
+    wait_for(lambda: _waiting_for_a_lock(committed))
+    deleting.commit()
+    deleting.close()
+    thread.join()
+    assert outcome == {"event": None}
+
+    # Recorded first: the deletion waits for the event's transaction and takes its delivery.
+    with transaction(committed) as session:
+        endpoint, _ = services.create_endpoint(
+            session,
+            merchant_id=merchant_id,
+            url=receiver.url,
+            event_types=["sale.paid"],
+            policy=policy,
+        )
+    endpoint_id = endpoint.id
+    emitting = committed()
+    event = services.emit(
+        emitting,
+        merchant_id=merchant_id,
+        event_type="sale.paid",
+        data={"object": "test"},
+        dedupe_key="race-2",
+    )
+    assert event is not None
+    deleted: dict[str, object] = {}
+
+    def delete() -> None:
+        try:
+            with transaction(committed) as session:
+                services.delete_endpoint(session, merchant_id=merchant_id, endpoint_id=endpoint_id)
+            deleted["done"] = True
+        except Exception as exc:  # the assertion below shows it
+            deleted["error"] = exc
+
+    thread = threading.Thread(target=delete)
+    thread.start()
+    wait_for(lambda: _waiting_for_a_lock(committed))
+    emitting.commit()
+    emitting.close()
+    thread.join()
+    assert deleted == {"done": True}
+    with committed() as session:
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(WebhookDelivery)
+                .where(WebhookDelivery.endpoint_id == endpoint_id)
+            )
+            == 0
+        )
+        assert session.get(OutboundEvent, event.id) is not None
