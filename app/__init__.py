@@ -24,6 +24,7 @@ from app.api import (
     offers,
     partners,
     privacy,
+    reconciliation,
     reports,
     sales,
     webhook_endpoints,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         privacy,
         webhook_endpoints,
         reports,
+        reconciliation,
     ):
         api.register_blueprint(module.blp)
     # The webhook doors: outside /v1 and the OpenAPI document, signed rather than keyed.

@@ -273,6 +273,46 @@ def stripe_backfill(since: object) -> None:
     click.echo(f"{seen} events listed by Stripe, {added} were missing and are now stored")
 
 
+@main.command("reconcile")
+@click.option("--from", "start", type=click.DateTime(), required=True, help="start (UTC)")
+@click.option("--to", "end", type=click.DateTime(), required=True, help="end, excluded (UTC)")
+@click.option("--merchant", "merchant_id", default=None, help="one merchant only")
+def reconcile(start: object, end: object, merchant_id: str | None) -> None:
+    """Reconcile every sale and card purchase of a period as a batch, and print the summary.
+
+    Running it again over the same period changes nothing (docs/RECONCILIATION.md).
+    """
+    import json
+    from datetime import UTC, datetime
+
+    from commerce import runtime
+    from commerce.db import transaction
+    from commerce.errors import InvalidInput
+    from commerce.merchants.models import Merchant
+    from commerce.reconciliation import services
+
+    assert isinstance(start, datetime)
+    assert isinstance(end, datetime)
+    with _servers(_settings()) as (database_url, _):
+        runtime.configure_database(database_url)
+        try:
+            with transaction(runtime.sessions()) as session:
+                if merchant_id is not None and session.get(Merchant, merchant_id) is None:
+                    raise click.ClickException(f"no merchant {merchant_id}")
+                run = services.create_run(
+                    session,
+                    merchant_id=merchant_id,
+                    start=start.replace(tzinfo=start.tzinfo or UTC),
+                    end=end.replace(tzinfo=end.tzinfo or UTC),
+                )
+                services.execute_run(session, run.id)
+                summary = run.summary
+        except InvalidInput as exc:
+            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.errors.items())
+            raise click.ClickException(problems) from None
+    click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
 @main.group()
 def reports() -> None:
     """Report rollups."""

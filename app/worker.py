@@ -22,6 +22,7 @@ from commerce.cards.scrub import PanLogFilter
 from commerce.chat import send as chat_send
 from commerce.chat.send import MessengerSendApi
 from commerce.payments.stripe import StripeProvider
+from webhooks.relay import inbox_relay_step
 
 #: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
 LONGEST_COUNTDOWN = timedelta(hours=1)
@@ -90,6 +91,11 @@ def create_celery(settings: Settings) -> Celery:
                 "task": "sales.sync_unsettled_payments",
                 "schedule": 300.0,
             },
+            # Authorizations whose clearing days ran out since the last sweep.
+            "reconciliation-sweep-clearings": {
+                "task": "reconciliation.sweep_clearings",
+                "schedule": 3600.0,
+            },
         },
     )
 
@@ -99,6 +105,10 @@ def create_celery(settings: Settings) -> Celery:
         for handler in logger.handlers:
             if not any(isinstance(f, PanLogFilter) for f in handler.filters):
                 handler.addFilter(PanLogFilter())
+
+    # The inbox relay: a thread in each worker's main process that sends the tasks of the
+    # events the doors stored (webhooks/relay.py).
+    app.steps["worker"].add(inbox_relay_step(settings.database_url))
 
     @worker_process_init.connect(weak=False)
     def _configure_process(**_: object) -> None:

@@ -36,6 +36,7 @@ PREFIXES = {
     "webhook_delivery": "whd",
     "fraud_alert": "fal",
     "reconciliation_exception": "rex",
+    "reconciliation_run": "rcr",
 }
 
 ID_PATTERN = re.compile(r"^[a-z]{3,4}_[0-9A-Za-z]{22}$")

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields, pre_dump, validate
 from sqlalchemy import select
 
 from app.api import Blueprint
 from app.api.fields import Amount, PageQuerySchema, Timestamp, page_of
+from app.api.reconciliation import SaleReconciliationSchema
 from app.auth import BEARER, idempotent, merchant_id, merchant_only
 from app.web import db
 from commerce.pagination import paginate
+from commerce.reconciliation.services import sale_reconciliation
 from commerce.sales.models import Sale
 from commerce.sales.services import (
     REFUND_REASONS,
@@ -77,6 +79,28 @@ class SaleSummarySchema(Schema):
 class SaleResponseSchema(SaleSummarySchema):
     events = fields.List(fields.Nested(SaleEventSchema))
     refunds = fields.List(fields.Nested(RefundResponseSchema))
+    reconciliation = fields.Nested(
+        SaleReconciliationSchema,
+        metadata={
+            "description": "The sale's reconciliation status, its matches, and its open or"
+            " acknowledged exceptions."
+        },
+    )
+
+    @pre_dump
+    def _with_reconciliation(self, sale: Sale, **_: Any) -> Any:
+        return _Reconciled(sale, sale_reconciliation(db(), sale))
+
+
+class _Reconciled:
+    """A sale as dumped: its own attributes, and its reconciliation."""
+
+    def __init__(self, sale: Sale, reconciliation: dict[str, Any]) -> None:
+        self._sale = sale
+        self.reconciliation = reconciliation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sale, name)
 
 
 class PaymentSchema(Schema):

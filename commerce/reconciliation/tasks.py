@@ -8,12 +8,13 @@ import random
 from datetime import timedelta
 
 from celery import shared_task
+from sqlalchemy.exc import OperationalError
 
 from commerce import runtime
 from commerce.db import transaction, utcnow
 from commerce.errors import ProviderError
 from commerce.payouts.models import Payout
-from commerce.reconciliation import payouts
+from commerce.reconciliation import engine, payouts, services
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +75,31 @@ def sweep_payouts() -> int:
     for payout_id in dict.fromkeys(ids):
         fetch_payout_lines.apply_async(args=[payout_id])
     return len(ids)
+
+
+@shared_task(bind=True, name="reconciliation.run_batch", max_retries=5)
+def run_batch(self, run_id: str) -> str | None:  # type: ignore[no-untyped-def]
+    """Run a queued batch over its period. The run and its results commit together; a
+    failure is recorded on the run in a transaction of its own."""
+    try:
+        with transaction(runtime.sessions()) as session:
+            ran = services.execute_run(session, run_id)
+    except OperationalError as exc:
+        # The database went away or a lock waited too long: the run is still queued.
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+    except Exception as exc:
+        log.exception("reconciliation run %s failed", run_id)
+        with transaction(runtime.sessions()) as session:
+            services.fail_run(session, run_id, f"{type(exc).__name__}: {exc}"[:2000])
+        return "failed"
+    return "succeeded" if ran else None
+
+
+@shared_task(name="reconciliation.sweep_clearings")
+def sweep_clearings() -> int:
+    """Reconcile the authorizations that time alone may have made missing their clearing."""
+    with transaction(runtime.sessions()) as session:
+        as_of = utcnow()
+        start, end = services.clearing_sweep_period(session, as_of=as_of)
+        outcome = engine.reconcile(session, engine.Scope.period(start, end, as_of=as_of))
+    return outcome.changed["exceptions_written"]
