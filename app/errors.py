@@ -12,6 +12,8 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json
+from marshmallow import Schema
+from marshmallow import fields as ma_fields
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -71,6 +73,38 @@ def problem(
     return response
 
 
+class ProblemSchema(Schema):
+    """The problem document, as the OpenAPI document describes every error answer."""
+
+    type = ma_fields.String(metadata={"description": "A stable relative URI: /problems/<slug>."})
+    title = ma_fields.String()
+    status = ma_fields.Integer()
+    detail = ma_fields.String()
+    errors = ma_fields.Dict(
+        keys=ma_fields.String(),
+        metadata={"description": "For invalid input: the messages of each field, by name."},
+    )
+
+
+def document_problems(app: Flask) -> None:
+    """Describe the error answers in the OpenAPI document as they are sent.
+
+    flask-smorest describes every error response (its `DEFAULT_ERROR` and one response per
+    HTTP status, referenced by the operations) as `application/json` with a schema of its
+    own. This API answers errors as `application/problem+json` documents, so those
+    responses are rewritten to say so.
+    """
+    for api in app.extensions.get("flask-smorest", {}).get("apis", {}).values():
+        components = api["ext_obj"].spec.components
+        if "Problem" not in components.schemas:
+            components.schema("Problem", schema=ProblemSchema)
+        problem_content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for registry in (components.responses, components.responses_lazy):
+            for response in registry.values():
+                if "content" in response:
+                    response["content"] = dict(problem_content)
+
+
 def _flatten_webargs(messages: dict[str, Any]) -> dict[str, Any]:
     """webargs groups errors by location ({"json": {"amount": [...]}}); clients want fields."""
     flat: dict[str, Any] = {}
@@ -83,6 +117,8 @@ def _flatten_webargs(messages: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(app: Flask) -> None:
+    document_problems(app)
+
     @app.errorhandler(domain.DomainError)
     def on_domain_error(exc: domain.DomainError) -> Response:
         if isinstance(exc, domain.ProviderError):

@@ -27,7 +27,11 @@ class ConversationCreateSchema(Schema):
     channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
     thread_id = Identifier(required=True)
     customer_user_id = Identifier(
-        required=True, metadata={"description": "The channel's id for the customer."}
+        required=True,
+        metadata={
+            "description": "The channel's id for the customer. A thread already open with "
+            "another customer is refused (400)."
+        },
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import iso4217
 from marshmallow import Schema, ValidationError, fields, validate
 
 from commerce import money
@@ -15,7 +16,11 @@ from commerce.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 class Text(fields.String):
     """A string with a length bound; control characters other than newline and tab refused."""
 
+    #: What the document promises (JSON Schema `pattern`), the same rule as `_deserialize`.
+    PATTERN = "^[^\\u0000-\\u0008\\u000b-\\u001f]*$"
+
     def __init__(self, *, max_length: int, min_length: int = 1, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"pattern": self.PATTERN, **kwargs.get("metadata", {})}
         super().__init__(validate=validate.Length(min=min_length, max=max_length), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -27,6 +32,8 @@ class Text(fields.String):
 
 class Identifier(Text):
     """An opaque token from another system (thread ids, page ids, MIDs): printable ASCII."""
+
+    PATTERN = "^[!-~]*$"
 
     def __init__(self, *, max_length: int = 128, **kwargs: Any) -> None:
         super().__init__(max_length=max_length, **kwargs)
@@ -55,11 +62,29 @@ class Amount(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+def _currency_codes() -> list[str]:
+    """Every code `money.currency` accepts, in upper case: the document's enum."""
+    codes = set()
+    for entry in iso4217.Currency:
+        try:
+            codes.add(money.currency(entry.code).code)
+        except InvalidInput:
+            continue
+    return sorted(codes)
+
+
 class CurrencyCode(fields.String):
     """A current ISO 4217 code, upper-cased on the way in."""
 
     def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("metadata", {"description": "ISO 4217 alphabetic code."})
+        kwargs.setdefault(
+            "metadata",
+            {
+                "description": "ISO 4217 alphabetic code of a current currency with a minor "
+                "unit; lower case is accepted too.",
+                "enum": _currency_codes(),
+            },
+        )
         super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -71,20 +96,27 @@ class CurrencyCode(fields.String):
 
 
 class Timestamp(fields.AwareDateTime):
-    """RFC 3339 with an offset on the way in; UTC with a `Z` on the way out."""
+    """RFC 3339 with an offset on the way in; UTC with a `Z` on the way out.
+
+    On the way in the year, as written, is 1970 to 9899: a rule the document states as a
+    pattern on the fields a request sends (those declared `required` or with a
+    `load_default`), and one that leaves room for any offset, so converting to UTC cannot
+    overflow.
+    """
+
+    PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2})-"
+    MESSAGE = "Must be a time between the years 1970 and 9899."
 
     def __init__(self, **kwargs: Any) -> None:
+        if "required" in kwargs or "load_default" in kwargs:
+            kwargs["metadata"] = {"pattern": self.PATTERN, **kwargs.get("metadata", {})}
         super().__init__(format="iso", **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         parsed = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            utc = parsed.astimezone(UTC)
-        except OverflowError:
-            raise ValidationError("Must be a time between the years 1970 and 9999.") from None
-        if not 1970 <= utc.year <= 9999:
-            raise ValidationError("Must be a time between the years 1970 and 9999.")
-        return utc
+        if not 1970 <= parsed.year <= 9899:
+            raise ValidationError(self.MESSAGE)
+        return parsed.astimezone(UTC)
 
     def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
@@ -96,7 +128,14 @@ class PageQuerySchema(Schema):
     limit = fields.Integer(
         load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE)
     )
-    cursor = fields.String(load_default=None, validate=validate.Length(max=512))
+    cursor = fields.String(
+        load_default=None,
+        validate=validate.Length(max=512),
+        metadata={
+            "description": "The `next_cursor` of the previous page, as this API returned it; "
+            "any other value is refused (400)."
+        },
+    )
 
 
 def page_of(item_schema: type[Schema]) -> type[Schema]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import available_timezones
 
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
@@ -24,12 +25,19 @@ class ChatPageSchema(Schema):
 
 class MerchantCreateSchema(Schema):
     name = Text(required=True, max_length=200)
-    timezone = Text(load_default="UTC", max_length=64)
+    timezone = Text(
+        load_default="UTC",
+        max_length=64,
+        metadata={"description": "An IANA time zone.", "enum": sorted(available_timezones())},
+    )
     mids = fields.List(
         fields.String(validate=validate.Regexp(r"^[0-9A-Za-z]{1,15}$")),
         load_default=list,
         validate=validate.Length(max=100),
-        metadata={"description": "Card-acceptor ids under which the networks know the stores."},
+        metadata={
+            "description": "Card-acceptor ids under which the networks know the stores; a MID "
+            "already registered to a merchant is refused (400)."
+        },
     )
     chat_pages = fields.List(
         fields.Nested(ChatPageSchema), load_default=list, validate=validate.Length(max=50)

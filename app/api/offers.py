@@ -33,7 +33,10 @@ class OfferResponseSchema(Schema):
 
 class TouchpointCreateSchema(Schema):
     kind = fields.String(required=True, validate=validate.OneOf(TOUCHPOINT_KINDS))
-    occurred_at = Timestamp(load_default=None)
+    occurred_at = Timestamp(
+        load_default=None,
+        metadata={"description": "When it happened; now if omitted. Never in the future."},
+    )
     external_id = Identifier(
         load_default=None,
         metadata={"description": "The sender's id for the interaction; repeats are ignored."},

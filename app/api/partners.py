@@ -60,7 +60,9 @@ class AgreementCreateSchema(Schema):
         validate=validate.Length(min=1, max=len(PURPOSES)),
     )
     starts_at = Timestamp(required=True)
-    ends_at = Timestamp(load_default=None)
+    ends_at = Timestamp(
+        load_default=None, metadata={"description": "After `starts_at`; open-ended if omitted."}
+    )
     retention_days = fields.Integer(strict=True, required=True, validate=validate.Range(1, 3650))
 
 
@@ -94,7 +96,9 @@ class ConsentCreateSchema(Schema):
     scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), load_default=list)
     purposes = fields.List(fields.String(validate=validate.OneOf(PURPOSES)), load_default=list)
     expires_at = Timestamp(load_default=None)
-    chat = fields.Nested(ConsentChatSchema, load_default=None)
+    # Omitted or an object, never null: a nullable nested schema is documented by apispec as
+    # "the schema, or any object", which is not what this field accepts.
+    chat = fields.Nested(ConsentChatSchema, load_default=None, allow_none=False)
     cards = fields.List(fields.Nested(ConsentCardSchema), load_default=list)
 
 
