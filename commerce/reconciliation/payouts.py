@@ -48,7 +48,6 @@ MISMATCH = "payout_mismatch"
 PAYOUT_LINE = "payout"
 #: Lines per page when listing a payout's balance transactions (Stripe's maximum).
 PAGE_SIZE = 100
-_INSERT_CHUNK = 1000
 #: How far back the sweep looks for payouts whose lines were never listed.
 SWEEP_WITHIN = timedelta(days=3)
 
@@ -306,19 +305,21 @@ def record_lines(
 
 
 def _store(session: Session, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
     table = PayoutLine.__table__
-    for start in range(0, len(rows), _INSERT_CHUNK):
-        statement = insert(PayoutLine).values(rows[start : start + _INSERT_CHUNK])
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[PayoutLine.payout_id, PayoutLine.balance_transaction_id],
-                # A line is Stripe's and does not change; only its tie may be found later.
-                set_={"sale_id": func.coalesce(statement.excluded.sale_id, table.c.sale_id)},
-                where=table.c.sale_id.is_distinct_from(
-                    func.coalesce(statement.excluded.sale_id, table.c.sale_id)
-                ),
-            )
-        )
+    statement = insert(PayoutLine)
+    tie = func.coalesce(statement.excluded.sale_id, table.c.sale_id)
+    # One statement, many rows: SQLAlchemy batches them into multi-row INSERTs.
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[PayoutLine.payout_id, PayoutLine.balance_transaction_id],
+            # A line is Stripe's and does not change; only its tie may be found later.
+            set_={"sale_id": tie},
+            where=table.c.sale_id.is_distinct_from(tie),
+        ),
+        rows,
+    )
 
 
 # --------------------------------------------------------------------------------------------
