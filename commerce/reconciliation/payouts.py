@@ -110,7 +110,7 @@ def list_balance_transactions(
     options: dict[str, Any] = {"stripe_account": connected_account} if connected_account else {}
     params = {"payout": payout_id, "limit": PAGE_SIZE, "expand": ["data.source"]}
     try:
-        page = client.v1.balance_transactions.list(params=params, options=options)  # type: ignore[arg-type]
+        page = client.v1.balance_transactions.list(params=params, options=options)
         return [line.to_dict() for line in page.auto_paging_iter()]
     except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
         raise ProviderError("Stripe could not be reached; try again.", retryable=True) from exc
