@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from commerce import partnerdata
 from commerce.db import utcnow
+from commerce.outbound import services as outbound
 from commerce.reconciliation.models import (
     DEFAULT_AMOUNT_TOLERANCE,
     DEFAULT_CLEARING_DAYS,
@@ -542,7 +543,53 @@ ON CONFLICT (merchant_id, type, subject_key) DO UPDATE
     OR (t.sale_id, t.card_transaction_id, t.fields, t.opened_at)
        IS DISTINCT FROM (excluded.sale_id, excluded.card_transaction_id, excluded.fields,
                          excluded.opened_at)
+RETURNING t.id, t.merchant_id, t.type, t.status, t.subject_key, t.sale_id, t.fields,
+          t.opened_at, t.updated_at, (t.xmax = 0) AS inserted
 """
+
+#: Resolved exceptions the rules call for again: they open again (and are announced).
+_REOPENING = """
+SELECT t.id FROM reconciliation_exceptions t
+  JOIN rc_want_exc w USING (merchant_id, type, subject_key)
+ WHERE t.status = 'resolved'
+"""
+
+
+def _announce(session: Session, rows: Sequence[Any]) -> None:
+    """`reconciliation.exception` to the merchant's webhook endpoints, for each exception that
+    opened (new, or found again after it was resolved)."""
+    if not rows:
+        return
+    listening = set(
+        session.scalars(
+            text(
+                "SELECT DISTINCT merchant_id FROM webhook_endpoints"
+                " WHERE status = 'enabled' AND merchant_id = ANY(CAST(:m AS text[]))"
+                " AND 'reconciliation.exception' = ANY(event_types)"
+            ),
+            {"m": sorted({row.merchant_id for row in rows})},
+        )
+    )
+    for row in rows:
+        if row.merchant_id not in listening:
+            continue
+        cause = "opened" if row.inserted else f"reopened:{row.updated_at.timestamp():.6f}"
+        outbound.emit(
+            session,
+            merchant_id=row.merchant_id,
+            event_type="reconciliation.exception",
+            data={
+                "object": "reconciliation_exception",
+                "id": row.id,
+                "type": row.type,
+                "status": row.status,
+                "subject_key": row.subject_key,
+                "sale_id": row.sale_id,
+                "fields": row.fields,
+                "opened_at": row.opened_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            },
+            dedupe_key=f"reconciliation.exception:{row.id}:{cause}",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,8 +697,11 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
         "matches_deleted": run(text(_DELETE_MATCHES)).rowcount,
         "matches_written": run(text(_UPSERT_MATCHES)).rowcount,
         "exceptions_resolved": run(text(_RESOLVE_EXCEPTIONS)).rowcount,
-        "exceptions_written": run(text(_UPSERT_EXCEPTIONS)).rowcount,
     }
+    reopening = set(run(text(_REOPENING)).scalars())
+    written = run(text(_UPSERT_EXCEPTIONS)).all()
+    changed["exceptions_written"] = len(written)
+    _announce(session, [row for row in written if row.inserted or row.id in reopening])
     counts = session.execute(
         text(
             "SELECT (SELECT count(*) FROM rc_sales), (SELECT count(*) FROM rc_purch),"

@@ -230,3 +230,47 @@ def test_the_continuous_scope_gives_the_batch_result(shop):
     assert (shop.matches(), shop.exceptions()) == continuous
     assert len([m for m in continuous[0] if m[1] == "card_purchase"]) == len(txns)
     assert ("orphan_transaction", f"txn:{shop.key(orphan)}") in continuous[1]
+
+
+def test_each_opening_is_announced_to_the_merchants_webhooks_once(shop, db):
+    from sqlalchemy import select
+
+    from commerce.outbound import services as outbound
+    from commerce.outbound.guard import AddressPolicy
+    from commerce.outbound.models import OutboundEvent
+
+    outbound.create_endpoint(
+        db,
+        merchant_id=shop.merchant_id,
+        url="http://127.0.0.1:9/hooks",
+        event_types=["reconciliation.exception"],
+        policy=AddressPolicy(allow=frozenset({("127.0.0.1", 9)})),
+    )
+    txn = shop.card("authorized", 990, at=T0 + timedelta(hours=3))
+
+    def announced():
+        return [
+            e.payload["data"]
+            for e in db.scalars(
+                select(OutboundEvent)
+                .where(OutboundEvent.merchant_id == shop.merchant_id)
+                .order_by(OutboundEvent.created_at)
+            )
+        ]
+
+    batch(shop)
+    batch(shop)
+    (opened,) = announced()
+    assert opened["object"] == "reconciliation_exception"
+    assert (opened["type"], opened["status"]) == ("orphan_transaction", "open")
+    assert opened["subject_key"] == f"txn:{shop.key(txn)}"
+
+    sale = shop.sale(990, at=T0 + timedelta(hours=3))
+    batch(shop)
+    assert len(announced()) == 1  # resolving is not announced
+    sale.card_last4 = "0000"  # it was another card after all: the purchase is an orphan again
+    db.flush()
+    batch(shop)
+    events = announced()
+    assert len(events) == 2
+    assert events[1]["id"] == opened["id"]
