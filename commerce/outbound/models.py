@@ -48,8 +48,10 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(String(2048))
     #: Subset of EVENT_TYPES.
     event_types: Mapped[list[str]] = mapped_column(ARRAY(String(40)))
-    #: `disabled` after the receiver answered 410 Gone; nothing more is sent to it.
+    #: `disabled` after the receiver answered 410 Gone or the merchant disabled it; nothing
+    #: more is sent to it until the merchant enables it again.
     status: Mapped[str] = mapped_column(String(16), default="enabled")
+    #: Why it is disabled (`services.DISABLED_BY_410` or `DISABLED_BY_MERCHANT`).
     disabled_reason: Mapped[str | None] = mapped_column(String(255))
     disabled_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -99,7 +101,7 @@ class WebhookDelivery(Base):
 
     `pending` while attempts go on; `delivered` after a 2xx; `failed` when the retry window
     ended without one; `canceled` when the endpoint was disabled. A redelivery puts it back
-    to `pending` with a new window.
+    to `pending` with a new window. Deleting the endpoint deletes its deliveries.
     """
 
     __tablename__ = "webhook_deliveries"
