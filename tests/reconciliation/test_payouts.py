@@ -308,3 +308,22 @@ def test_a_mismatch_checked_again_once_its_sale_is_known_is_resolved(app, web, c
     (again,) = exceptions_of(committed, shop.merchant_id)
     assert (again.id, again.status, again.resolved_at) == (found.id, "open", None)
     assert again.fields == {"net": {"payout": payout["amount"] + 1, "lines": payout["amount"]}}
+
+
+@pytest.mark.worker
+def test_stripe_failing_to_list_the_lines_is_tried_again_later(web, committed, stripe, worker):
+    shop = Shop(web, stripe)
+    sale_id, _ = shop.sale(900)
+    shop.deliver("payment_intent.succeeded", "charge.succeeded")
+    wait_for(lambda: shop.state(sale_id) == "paid")
+    payout = stripe.pay_out(account=shop.account)
+    # More failures than the SDK's own two retries: the task's retry, later, gets the lines.
+    stripe.fail_next(3, status=500, path_prefix="/v1/balance_transactions")
+    shop.deliver("payout.paid")
+    wait_for(lambda: fetched_at(committed, payout["id"]))
+    listing = [r for r in stripe.requests if r.path == "/v1/balance_transactions"]
+    assert [r.status for r in listing] == [500, 500, 500, 200]
+    assert [
+        line.sale_id for line in lines_of(committed, payout["id"]) if line.type == "charge"
+    ] == [sale_id]
+    assert exceptions_of(committed, shop.merchant_id) == []
