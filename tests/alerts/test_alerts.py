@@ -291,6 +291,9 @@ def test_end_to_end_through_the_worker(app, committed, worker, messenger):
         deliver(web, partner, "transaction.authorized", event, event_id="evt_e2e")
     (message,) = wait_for(lambda: messenger.to("psid_e2e"))
     assert "500.00 USD at Night Shop" in message.text
+    # The worker's sender carries the default page's token from CHATLEDGER_CHAT_PAGE_TOKENS.
+    assert message.page_id == next(iter(PAGE_TOKENS))
+    assert messenger.unauthorized == []
     with committed() as session:
         (alert,) = session.scalars(select(FraudAlert)).all()
     wait_for(lambda: _state(committed, alert.id) == "sent")
