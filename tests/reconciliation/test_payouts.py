@@ -21,6 +21,7 @@ from tests.conftest import STRIPE_KEY, STRIPE_WEBHOOK_SECRETS, wait_for
 from tests.helpers import bearer, create_merchant, digits
 from tests.support.signing import body_of, stripe_headers
 from tests.support.stripe_server import StripeServer
+from tests.support.stripe_spec import STRIPE_SPEC, assert_allowed_by_spec, shared_data_path
 from webhooks import inbox
 from webhooks.receive import accept_stripe_event
 
@@ -170,6 +171,8 @@ def test_a_payout_whose_lines_tie_to_sales_and_add_up_is_explained_and_stored_on
     wait_for(lambda: fetched_at(committed, payout["id"]) > first)
     assert len(lines_of(committed, payout["id"])) == 7
     assert exceptions_of(committed, shop.merchant_id) == []
+    if shared_data_path(STRIPE_SPEC).exists():  # what chatledger sent, as Stripe reads it
+        assert_allowed_by_spec(stripe.requests)
 
 
 def _intents(stripe: StripeServer) -> list[tuple[str, str]]:
