@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from commerce.ids import new_id
 from commerce.merchants.models import Merchant
 from commerce.payments.stripe import from_stripe_amount, to_stripe_amount
 from commerce.payouts.models import Payout
+from commerce.reconciliation.engine import _announce as announce
 from commerce.reconciliation.models import PayoutLine, ReconciliationException
 from commerce.sales.models import Sale, SaleEvent
 from commerce.sales.states import EventKind
@@ -338,9 +339,19 @@ def record_exception(
     sale_id: str | None = None,
 ) -> None:
     """Found: insert it open, or update it. A resolved one opens again; an acknowledged one
-    stays acknowledged. Found again unchanged, nothing is written."""
+    stays acknowledged. Found again unchanged, nothing is written. Each opening (new, or
+    again after it was resolved) is announced to the merchant's webhooks, once."""
     table = ReconciliationException.__table__
     now = utcnow()
+    previous = session.scalar(
+        select(ReconciliationException.status)
+        .where(
+            ReconciliationException.merchant_id == merchant_id,
+            ReconciliationException.type == type,
+            ReconciliationException.subject_key == subject_key,
+        )
+        .with_for_update()
+    )
     statement = insert(ReconciliationException).values(
         id=new_id("reconciliation_exception"),
         merchant_id=merchant_id,
@@ -354,7 +365,7 @@ def record_exception(
         updated_at=now,
     )
     was_resolved = table.c.status == "resolved"
-    session.execute(
+    written = session.execute(
         statement.on_conflict_do_update(
             index_elements=[
                 ReconciliationException.merchant_id,
@@ -377,8 +388,21 @@ def record_exception(
             | table.c.fields.is_distinct_from(statement.excluded.fields)
             | table.c.payout_id.is_distinct_from(statement.excluded.payout_id)
             | table.c.sale_id.is_distinct_from(statement.excluded.sale_id),
+        ).returning(
+            table.c.id,
+            table.c.merchant_id,
+            table.c.type,
+            table.c.status,
+            table.c.subject_key,
+            table.c.sale_id,
+            table.c.fields,
+            table.c.opened_at,
+            table.c.updated_at,
+            literal_column("(xmax = 0)").label("inserted"),
         )
-    )
+    ).one_or_none()
+    if written is not None and (written.inserted or previous == "resolved"):
+        announce(session, [written])
 
 
 def resolve_exception(session: Session, *, merchant_id: str, type: str, subject_key: str) -> bool:

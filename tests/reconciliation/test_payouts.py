@@ -13,6 +13,9 @@ import stripe as stripe_sdk
 from sqlalchemy import select
 
 from commerce.db import transaction
+from commerce.outbound import services as outbound
+from commerce.outbound.guard import AddressPolicy
+from commerce.outbound.models import OutboundEvent
 from commerce.payouts.models import Payout
 from commerce.reconciliation import payouts
 from commerce.reconciliation.models import PayoutLine, ReconciliationException
@@ -263,16 +266,38 @@ def test_a_mismatch_checked_again_once_its_sale_is_known_is_resolved(app, web, c
                 status="paid",
             )
         )
+        outbound.create_endpoint(
+            session,
+            merchant_id=shop.merchant_id,
+            url="http://127.0.0.1:9/hooks",
+            event_types=["reconciliation.exception"],
+            policy=AddressPolicy(allow=frozenset({("127.0.0.1", 9)})),
+        )
     listed = payouts.list_balance_transactions(payout["id"], connected_account=shop.account)
+
+    def announced() -> list[dict[str, Any]]:
+        with committed() as session:
+            return [
+                e.payload["data"]
+                for e in session.scalars(
+                    select(OutboundEvent)
+                    .where(OutboundEvent.merchant_id == shop.merchant_id)
+                    .order_by(OutboundEvent.created_at)
+                )
+            ]
 
     with transaction(committed) as session:
         check = payouts.record_lines(session, payout["id"], listed, final=False)
     assert (check.status, check.waiting) == ("waiting", check.unmatched)
+    assert announced() == []
     with transaction(committed) as session:
         check = payouts.record_lines(session, payout["id"], listed, final=True)
     assert check.status == "open"
     (found,) = exceptions_of(committed, shop.merchant_id)
     assert found.fields == {"unmatched_lines": check.unmatched}
+    (opened,) = announced()
+    assert (opened["id"], opened["type"], opened["status"]) == (found.id, "payout_mismatch", "open")
+    assert opened["subject_key"] == f"payout:{payout['id']}"
 
     with transaction(committed) as session:
         session.get(ReconciliationException, found.id).status = "acknowledged"
@@ -310,6 +335,8 @@ def test_a_mismatch_checked_again_once_its_sale_is_known_is_resolved(app, web, c
         assert payouts.record_lines(session, payout["id"], listed, final=True).status == "open"
     (again,) = exceptions_of(committed, shop.merchant_id)
     assert (again.id, again.status, again.resolved_at) == (found.id, "open", None)
+    # Announced when it opened and when it opened again; never when acknowledged or resolved.
+    assert [(e["id"], e["status"]) for e in announced()] == [(found.id, "open")] * 2
     assert again.fields == {"net": {"payout": payout["amount"] + 1, "lines": payout["amount"]}}
 
 
