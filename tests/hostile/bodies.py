@@ -17,17 +17,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from tests.api.test_isolation import OPERATOR_PREFIXES
 from tests.helpers import OPERATOR, digits
-
-#: Operations whose path starts so are the operator's (SPEC section 8); the rest a merchant's.
-OPERATOR_PREFIXES = (
-    "/v1/merchants",
-    "/v1/partners",
-    "/v1/customers",
-    "/v1/audit-log",
-    "/v1/deletion-receipts",
-    "/v1/reconciliation/runs",
-)
 
 Path = tuple[str | int, ...]
 
@@ -80,6 +71,12 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "event_types": ["sale.paid"],
     },
     "/v1/webhook-endpoints/{endpoint_id}/deliveries/redeliver": lambda: {"status": "delivered"},
+    "/v1/reconciliation/exceptions/{exception_id}/acknowledge": lambda: {"note": "Checked."},
+    "/v1/reconciliation/settings": lambda: {"amount_tolerance": 0, "time_window_seconds": 3600},
+    "/v1/reconciliation/runs": lambda: {
+        "from": "2026-01-01T00:00:00Z",
+        "to": "2026-02-01T00:00:00Z",
+    },
 }
 
 

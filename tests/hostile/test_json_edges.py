@@ -77,8 +77,8 @@ EDGE_BODIES: dict[str, bytes] = {
 
 
 @pytest.fixture
-def world(client: FlaskClient, stripe: StripeServer) -> World:
-    return make_world(client, stripe)
+def world(client: FlaskClient, stripe: StripeServer, db: Session) -> World:
+    return make_world(client, stripe, db)
 
 
 def assert_refused(answer, where: str, failures: list[str]) -> None:

@@ -72,8 +72,8 @@ READ_BACK = {
 
 
 @pytest.fixture
-def world(client: FlaskClient, stripe: StripeServer) -> World:
-    return make_world(client, stripe)
+def world(client: FlaskClient, stripe: StripeServer, db: Session) -> World:
+    return make_world(client, stripe, db)
 
 
 def fitting(value: str, schema: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
 
 from tests.api.test_isolation import Tenant, paid_tenant
 from tests.helpers import OPERATOR
@@ -37,8 +38,8 @@ class World:
         return self.tenant.shop.headers
 
 
-def make_world(client: FlaskClient, stripe: StripeServer) -> World:
-    tenant = paid_tenant(client, stripe)
+def make_world(client: FlaskClient, stripe: StripeServer, db: Session) -> World:
+    tenant = paid_tenant(client, stripe, db)
     partner = client.post("/v1/partners", json={"name": "Bank"}, headers=OPERATOR)
     assert partner.status_code == 201, partner.json
     agreement = client.post(
