@@ -72,12 +72,6 @@ class Window:
     #: 60 when every local midnight of the window falls on a whole UTC hour, else 15.
     bucket_minutes: int
 
-    def bounds(self, period: date, grouping: str) -> tuple[datetime, datetime]:
-        """The UTC instants of one reported period, clipped to the window."""
-        begin = max(period, self.first)
-        stop = min(next_period(period, grouping), self.last + timedelta(days=1))
-        return local_midnight(begin, self.tz), local_midnight(stop, self.tz)
-
 
 def window(tz_name: str, first: date | None, last: date | None, *, today: date) -> Window:
     """The window asked for; by default the 30 days ending today (local)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -20,8 +20,16 @@ from commerce.db import utcnow
 from commerce.errors import InvalidInput
 from commerce.merchants.models import Merchant
 from commerce.reports import attribution as seam
-from commerce.reports.models import FUNNEL, MEASURES
-from commerce.reports.periods import GROUPINGS, Window, window, zone
+from commerce.reports.models import FUNNEL, MEASURES, MONEY
+from commerce.reports.periods import (
+    GROUPINGS,
+    Window,
+    local_midnight,
+    next_period,
+    period_start,
+    window,
+    zone,
+)
 from commerce.reports.privacy import Cell, Group, suppress
 
 DIMENSIONS = ("offer", "conversation")
@@ -71,42 +79,67 @@ def make_query(
     return Query(merchant_id, window(timezone, first, last, today=today), grouping, by)
 
 
-def _aggregate(session: Session, query: Query) -> list[dict[str, Any]]:
-    """Sums of every measure by (period, dimension columns, currency) over the window."""
+def _edges(query: Query) -> tuple[list[date | None], list[datetime]]:
+    """The reported periods and the UTC instants that cut the window into them."""
+    w = query.window
+    if query.grouping is None:
+        return [None], [w.start, w.end]
+    periods: list[date | None] = []
+    edges = [w.start]
+    day = period_start(w.first, query.grouping)
+    while day <= w.last:
+        periods.append(day)
+        day = next_period(day, query.grouping)
+        edges.append(local_midnight(min(day, w.last + timedelta(days=1)), w.tz))
+    return periods, edges
+
+
+def _aggregate(
+    session: Session, query: Query, measures: Sequence[str] = MEASURES
+) -> list[dict[str, Any]]:
+    """Sums of every measure by (period, dimension columns, currency) over the window.
+
+    The periods' UTC edges are computed here (zoneinfo, DST and all) and handed to
+    PostgreSQL, which files each bucket by a binary search over them (width_bucket): no
+    time-zone arithmetic per row. Each bucket lies wholly inside one period because every
+    edge falls on a bucket boundary (periods.window chose the bucket width for that).
+    """
     w = query.window
     dims = _DIM_COLUMNS[query.by]
     if query.by:
         table = "report_offer_rollups"
     else:
         table = "report_merchant_hours" if w.bucket_minutes == 60 else "report_merchant_quarters"
-    measures = ", ".join(MEASURES)
+    periods, edges = _edges(query)
+    columns = ", ".join(measures)
     dim_select = "".join(f"{d}, " for d in dims)
-    period = "date_trunc(:unit, t AT TIME ZONE :tz)::date" if query.grouping else "NULL::date"
-    group = ", ".join(["period", *dims, "currency"])
-    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
+    group = ", ".join(["slot", *dims, "currency"])
+    # sum(bigint) is numeric, computed digit by digit; float8 adds integers exactly up to
+    # 2**53 minor units (90 trillion dollars), far beyond any merchant's total.
+    sums = ", ".join(f"sum({m}::float8)::bigint AS {m}" for m in measures)
     sql = f"""
-        SELECT {period} AS period, {dim_select}currency, {sums}
+        SELECT width_bucket(t, CAST(:edges AS timestamptz[])) AS slot, {dim_select}currency,
+               {sums}
         FROM (
-            SELECT bucket AS t, {dim_select}currency, {measures} FROM {table}
+            SELECT bucket AS t, {dim_select}currency, {columns} FROM {table}
             WHERE merchant_id = :m AND bucket >= :start AND bucket < :end
             UNION ALL
-            SELECT at, {dim_select}currency, {measures} FROM report_deltas
+            SELECT at, {dim_select}currency, {columns} FROM report_deltas
             WHERE merchant_id = :m AND at >= :start AND at < :end
         ) AS figures
         GROUP BY {group}
         ORDER BY {group}
     """  # noqa: S608 - table and column names are fixed above, never from the request
     rows = session.execute(
-        text(sql),
-        {
-            "m": query.merchant_id,
-            "start": w.start,
-            "end": w.end,
-            "unit": query.grouping or "day",
-            "tz": w.tz_name,
-        },
+        text(sql), {"m": query.merchant_id, "start": w.start, "end": w.end, "edges": edges}
     ).mappings()
-    return [dict(r) for r in rows]
+    out = []
+    for r in rows:
+        row = dict(r)
+        slot = row.pop("slot")
+        row["period"], row["start"], row["end"] = periods[slot - 1], edges[slot - 1], edges[slot]
+        out.append(row)
+    return out
 
 
 def _titles(session: Session, merchant_id: str, offer_ids: Sequence[str]) -> dict[str, str]:
@@ -146,12 +179,15 @@ def sales_report(session: Session, query: Query) -> dict[str, Any]:
     query = Query(query.merchant_id, query.window, grouping, query.by)
     rows = []
     totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SALES_FIGURES, 0))
-    for row in _aggregate(session, query):
+    for row in _aggregate(session, query, ("paid", *MONEY)):
         figures = _money(row)
         if not any(figures.values()):
             continue  # only touchpoints in this cell: nothing sold
-        start, end = query.window.bounds(row["period"], grouping)
-        out: dict[str, Any] = {"period": row["period"].isoformat(), "start": start, "end": end}
+        out: dict[str, Any] = {
+            "period": row["period"].isoformat(),
+            "start": row["start"],
+            "end": row["end"],
+        }
         for d in _DIM_COLUMNS[query.by]:
             out[d] = row[d]
         out["currency"] = row["currency"]
@@ -187,7 +223,7 @@ def funnel_report(session: Session, query: Query) -> dict[str, Any]:
     query = Query(query.merchant_id, query.window, None, query.by)
     total = dict.fromkeys(FUNNEL, 0)
     per_offer: dict[str, dict[str, Any]] = {}
-    for row in _aggregate(session, query):
+    for row in _aggregate(session, query, FUNNEL):
         for stage in FUNNEL:
             total[stage] += row[stage]
         if query.by == "offer":
@@ -226,7 +262,7 @@ def attribution_report(
     query = Query(query.merchant_id, query.window, None, "offer")
     in_chat: list[dict[str, Any]] = []
     chat_totals: dict[str, dict[str, int]] = defaultdict(lambda: {"count": 0, "revenue": 0})
-    for row in _aggregate(session, query):
+    for row in _aggregate(session, query, ("paid", "net")):
         if not (row["paid"] or row["net"]):
             continue
         in_chat.append(
