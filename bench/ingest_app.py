@@ -18,10 +18,10 @@ Never deploy this module: the route takes anything from anyone.
 Experiments (bench/run_ingest.py --experiment, for estimating a change to the door without
 changing the product; the report says so): BENCH_INGEST_EXPERIMENT is a comma-separated list of
 
-- `no-task-send`: `webhooks.inbox.send` does nothing, so the door stores the event and answers
-  without sending the processing task (what a door that leaves the sending to a relay or
-  the sweep would cost in the request);
 - `no-pre-ping`: the engine is rebuilt with `pool_pre_ping=False`.
+
+(`no-task-send`, which made `webhooks.inbox.send` do nothing, is gone: the door has sent no
+task since the inbox relay, webhooks/relay.py, took the sends over.)
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ RAW_INSERT = "INSERT INTO bench_raw (body) VALUES (%s) RETURNING id"
 app = create_app()
 
 EXPERIMENTS = {x for x in os.environ.get("BENCH_INGEST_EXPERIMENT", "").split(",") if x}
-if "no-task-send" in EXPERIMENTS:
-    from webhooks import inbox
-
-    inbox.send = lambda inbox_id: None  # type: ignore[assignment]  # stripe_door calls inbox.send
 if "no-pre-ping" in EXPERIMENTS:
     from commerce import runtime
 

@@ -5,8 +5,9 @@ Order matters and is the same at every door:
 2. the body is parsed strictly and checked for the fields the door needs;
 3. card numbers are hashed (a partner's card field) or masked (anywhere else), and
    card secrets are dropped, before anything is stored, logged or queued;
-4. the event is stored once per (source, event id) and committed, and only then is
-   its processing task sent and the 2xx returned.
+4. the event is stored once per (source, event id) and committed before the 2xx. No task
+   is sent from the request: the relays (webhooks/relay.py) find the committed row and
+   send its processing task.
 
 A refusal stores nothing (an unverified request is never trusted with a row), except
 where the rules ask for a refusal to be on record: a Stripe event of another API
@@ -148,8 +149,7 @@ def stripe_door() -> Response:
         stored = accept_stripe_event(
             connection, event, event_type, headers={"signature_timestamp": timestamp}
         )
-    if stored.created and stored.status == "pending":
-        inbox.send(stored.id)
+    # Nothing is sent from here: a relay finds the committed row and sends its task.
     if stored.status == "refused":
         raise Refused(
             400,
@@ -163,8 +163,8 @@ def stripe_door() -> Response:
 def accept_stripe_event(
     connection: Connection, event: dict[str, Any], event_type: str, *, headers: dict[str, Any]
 ) -> inbox.Stored:
-    """Store a Stripe event (from the door, or fetched by the backfill) once, scrubbed; the
-    caller sends a new pending event for processing after its transaction commits.
+    """Store a Stripe event (from the door, or fetched by the backfill) once, scrubbed; a
+    relay sends a new pending event once the caller's transaction commits.
 
     An event of another API version is kept as `refused`, so the operator sees it and can
     replay it after an upgrade; its shape is not one the handlers were written for.
@@ -336,9 +336,6 @@ def chat_door(channel: str) -> Response:
             items.append(_object(item, "messaging item"))
     with runtime.connection() as connection:
         stored = [_store_chat_item(connection, channel, item) for item in items]
-    for event in stored:
-        if event.created:
-            inbox.send(event.id)
     stored_ids = [event.id for event in stored]
     body_out = {"received": True, "ids": stored_ids}
     return Response(json.dumps(body_out), status=200, mimetype="application/json")

@@ -1,4 +1,5 @@
-"""The inbox under faults: Redis down, a worker killed mid-task, PostgreSQL down.
+"""The inbox under faults: Redis down, a worker killed mid-task, PostgreSQL down, no worker
+running; and the relay that sends the stored events' tasks (webhooks/relay.py).
 
 Each fault is inflicted on servers this module starts for itself (the embedded PostgreSQL
 and Redis of `app.embedded`, in a temporary data dir), with a real Celery worker and a real
@@ -10,14 +11,18 @@ is put back at the end of the module, so the tests after it run on the suite's s
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from celery import _state as celery_state
 from flask import Flask
 from flask.testing import FlaskClient
@@ -28,6 +33,7 @@ from app.config import Settings
 from app.embedded import start_postgres, start_redis, stop_postgres, stop_redis
 from commerce import runtime
 from commerce.access.services import ensure_operator_key
+from commerce.db import make_engine, make_session_factory, utcnow
 from commerce.sales.models import Sale, SaleEvent
 from commerce.sales.states import EventKind
 from tests.conftest import (
@@ -47,7 +53,7 @@ from tests.support.signing import (
     stripe_headers,
 )
 from tests.support.stripe_server import StripeServer
-from webhooks import tasks
+from webhooks import inbox, relay, tasks
 from webhooks.models import InboxEvent
 
 pytestmark = pytest.mark.worker
@@ -56,6 +62,9 @@ SECRET = STRIPE_WEBHOOK_SECRETS[0]
 #: How long a test waits for the sweep: its grace, beat's 15 s period, and room for a worker
 #: that reconnects to a Redis that came back (Celery retries at growing intervals).
 SWEEP_WAIT = tasks.SWEEP_GRACE.total_seconds() + 15 + 60
+#: How long a test waits for a relay to send again an event whose task was lost: the lease of
+#: the first send, the relay's poll and room for a slow machine.
+RELAY_WAIT = relay.LEASE.total_seconds() + relay.POLL_SECONDS + 60
 
 
 @dataclass
@@ -193,6 +202,34 @@ def sale_state(sale_id: str) -> str:
         return session.get(Sale, sale_id).state
 
 
+def queued_inbox_ids(env: Faulty) -> list[str]:
+    """The inbox ids of the `process_event` tasks waiting in the module's Redis, as many times
+    as each was sent."""
+    client = redis.Redis.from_url(env.settings.redis_url)
+    try:
+        found = []
+        for raw in client.lrange("celery", 0, -1):
+            message = json.loads(raw)
+            if message["headers"].get("task") == "webhooks.process_event":
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                found.extend(args)
+        return found
+    finally:
+        client.close()
+
+
+def post_paid(env: Faulty, stripe: StripeServer, count: int) -> list[tuple[str, dict, str]]:
+    """`count` paid sales whose `payment_intent.succeeded` went through the door: the sale id,
+    the event and its inbox id."""
+    web = env.web()
+    posted = []
+    for sale_id, event in paid_intent_events(web, stripe, open_shop(web), count):
+        answer = post_stripe(web, event)
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        posted.append((sale_id, event, answer.json["id"]))
+    return posted
+
+
 def processed(event_ids: list[str]) -> bool:
     rows = [inbox_row(event_id) for event_id in event_ids]
     return all(row is not None and row.status == "processed" for row in rows)
@@ -201,14 +238,13 @@ def processed(event_ids: list[str]) -> bool:
 # -- Redis down --------------------------------------------------------------------------
 
 
-def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, stripe, caplog):
+def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, stripe):
     web = env.web()
     shop = open_shop(web)
     deliveries = paid_intent_events(web, stripe, shop, 3)
 
     beat_errors = env.beat.output().count("beat: Connection error")
     stop_redis(env.data_dir)
-    caplog.set_level(logging.WARNING, logger="webhooks.inbox")
     ids = {}
     for _ in range(2):  # Stripe retries a delivery it thinks failed: the copy is a duplicate
         for _, event in deliveries:
@@ -216,12 +252,12 @@ def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, 
             assert answer.status_code == 200, answer.get_data(as_text=True)
             ids.setdefault(event["id"], answer.json["id"])
             assert answer.json["id"] == ids[event["id"]]
-    # Accepted durably, though nothing could be queued: the rows wait for the sweep.
+    # Accepted durably, though nothing could be queued: the worker's relay was woken by the
+    # commits, claimed the rows and failed to send them, so it left them due and backs off.
+    wait_for(lambda: "not sent" in env.worker.output(), timeout=30, interval=0.2)
     for _, event in deliveries:
         row = inbox_row(event["id"])
         assert (row.status, row.attempts) == ("pending", 0)
-    not_queued = [r.getMessage() for r in caplog.records if "not queued" in r.getMessage()]
-    assert all(any(i in message for message in not_queued) for i in ids.values()), not_queued
 
     # Beat ticks into the outage too (it retries its connection): that must not stop it.
     wait_for(
@@ -237,7 +273,9 @@ def test_events_arriving_while_redis_is_down_are_processed_once_it_is_back(env, 
         assert (row.status, row.attempts, row.last_error) == ("processed", 1, None)
         assert sale_state(sale_id) == "paid"
         assert payment_events(sale_id) == 1
-    assert "sweep sent" in env.logs()
+    # The relay (or the sweep, whichever came first) sent them once Redis was back; the
+    # failed sends counted no attempt.
+    assert "inbox relay sent" in env.worker.output() or "sweep sent" in env.logs()
 
 
 # -- A worker killed mid-task --------------------------------------------------------------
@@ -273,9 +311,10 @@ def test_a_worker_killed_in_the_middle_of_a_task_leaves_the_event_processed_once
     # Nothing the dead worker did is left: its transaction never committed.
     assert payment_events(sale_id) == 0
     env.start_worker()
-    # Its message is unacknowledged in Redis until the visibility timeout (hours); the sweep
-    # finds the row still pending once SWEEP_GRACE has passed and sends it again.
-    wait_for(lambda: processed([event["id"]]), timeout=SWEEP_WAIT, interval=0.5)
+    # Its message is unacknowledged in Redis until the visibility timeout (hours); the new
+    # worker's relay finds the row still pending once the lease of its send has passed, and
+    # sends it again.
+    wait_for(lambda: processed([event["id"]]), timeout=RELAY_WAIT, interval=0.5)
     row = inbox_row(event["id"])
     assert (row.status, row.attempts) == ("processed", 1)
     assert sale_state(sale_id) == "paid"
@@ -409,3 +448,120 @@ def test_postgres_down_answers_503_and_leaves_nothing_half_written(env, stripe, 
         timeout=SWEEP_WAIT,
         interval=0.5,
     )
+    # The worker's relay lost its connection with the server and came back by itself.
+    assert env.worker.running
+    assert "inbox relay: the database is unreachable" in env.worker.output()
+    assert env.worker.output().count("inbox relay listening") >= 2
+
+
+# -- The relay ------------------------------------------------------------------------------
+
+
+def test_an_event_stored_while_no_worker_runs_is_processed_once_a_worker_starts(env, stripe):
+    env.worker.stop()
+    [(sale_id, event, inbox_id)] = post_paid(env, stripe, 1)
+    # Accepted and committed; the door sent nothing (no relay is listening, no task is queued).
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts) == ("pending", 0)
+    assert inbox_id not in queued_inbox_ids(env)
+
+    env.start_worker()
+    wait_for(lambda: processed([event["id"]]), timeout=SWEEP_WAIT, interval=0.5)
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts, row.last_error) == ("processed", 1, None)
+    assert sale_state(sale_id) == "paid"
+    assert payment_events(sale_id) == 1
+
+
+def test_a_relay_whose_send_fails_leaves_the_event_to_be_sent_again(env, stripe):
+    env.worker.stop()  # this test's relay is the only one
+    [(sale_id, event, inbox_id)] = post_paid(env, stripe, 1)
+    due_at = inbox_row(event["id"]).next_attempt_at
+
+    stop_redis(env.data_dir)
+    with pytest.raises(relay.SendFailed):
+        relay.send_due(runtime.engine(), ids=[inbox_id])
+    # The claim rolled back with the send: still due, nothing counted.
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, due_at)
+
+    start_redis(env.data_dir)
+    assert relay.send_due(runtime.engine(), ids=[inbox_id]) == 1
+    row = inbox_row(event["id"])
+    assert row.next_attempt_at > due_at  # leased: its task is on its way
+    assert relay.send_due(runtime.engine(), ids=[inbox_id]) == 0
+    assert queued_inbox_ids(env).count(inbox_id) == 1
+
+    env.start_worker()
+    wait_for(lambda: processed([event["id"]]), timeout=SWEEP_WAIT, interval=0.5)
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts) == ("processed", 1)
+    assert payment_events(sale_id) == 1
+
+
+def test_two_relays_never_send_one_event_twice(env, stripe):
+    env.worker.stop()  # the two relays of this test are the only ones
+    posted = post_paid(env, stripe, 20)
+    ids = [inbox_id for _, _, inbox_id in posted]
+    engine = runtime.engine()
+
+    # While one relay's claim holds the rows, a second relay skips them; once the first has
+    # leased the ones it sent, the second sends only the others.
+    with engine.begin() as first:
+        assert sorted(inbox.claim(first, now=utcnow(), ids=ids)) == sorted(ids)
+        assert relay.send_due(engine, ids=ids) == 0
+        inbox.lease(first, ids[:10], until=utcnow() + relay.LEASE)
+    assert relay.send_due(engine, ids=ids) == 10
+    assert relay.send_due(engine, ids=ids) == 0
+    queued = Counter(queued_inbox_ids(env))
+    assert [queued[inbox_id] for inbox_id in ids] == [0] * 10 + [1] * 10  # each once
+
+    # Two running relays, woken by the same notifications, racing for the same rows.
+    relays = [relay.Relay(env.settings.database_url).start() for _ in range(2)]
+    try:
+        more = post_paid(env, stripe, 20)
+        more_ids = [inbox_id for _, _, inbox_id in more]
+        wait_for(lambda: set(more_ids) <= set(queued_inbox_ids(env)), timeout=60, interval=0.2)
+    finally:
+        for each in relays:
+            each.stop()
+    queued = Counter(queued_inbox_ids(env))
+    assert [queued[inbox_id] for inbox_id in ids[10:] + more_ids] == [1] * 30  # each once
+    assert not any(queued[inbox_id] for inbox_id in ids[:10])
+    assert sum(each.sent for each in relays) >= len(more_ids)
+
+    # The first ten were leased but never sent (as if their relay died after the commit): they
+    # are sent again once the lease has passed. Every event is then processed exactly once.
+    env.start_worker()
+    all_posted = posted + more
+    wait_for(
+        lambda: processed([event["id"] for _, event, _ in all_posted]),
+        timeout=RELAY_WAIT,
+        interval=0.5,
+    )
+    for sale_id, event, _ in all_posted:
+        row = inbox_row(event["id"])
+        assert (row.status, row.attempts) == ("processed", 1)
+        assert payment_events(sale_id) == 1
+
+
+def test_a_delivery_that_finds_its_event_held_counts_no_attempt(env, stripe):
+    env.worker.stop()
+    [(sale_id, event, inbox_id)] = post_paid(env, stripe, 1)
+    impatient = make_engine(
+        env.settings.database_url, connect_args={"options": "-c lock_timeout=200"}
+    )
+    try:
+        # A relay's claim (or another delivery's processing) holds the row.
+        with runtime.engine().begin() as holder:
+            assert inbox.claim(holder, now=utcnow(), ids=[inbox_id]) == [inbox_id]
+            with pytest.raises(inbox.Busy):
+                inbox.process(make_session_factory(impatient), inbox_id)
+        row = inbox_row(event["id"])
+        assert (row.status, row.attempts, row.last_error) == ("pending", 0, None)
+        assert inbox.process(make_session_factory(impatient), inbox_id) == "processed"
+    finally:
+        impatient.dispose()
+    row = inbox_row(event["id"])
+    assert (row.status, row.attempts) == ("processed", 1)
+    assert payment_events(sale_id) == 1
