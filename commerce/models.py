@@ -29,9 +29,11 @@ from commerce.reconciliation.models import (
 )
 from commerce.reports.models import (
     DashboardSession,
+    MerchantDayRollup,
     MerchantHourRollup,
     MerchantQuarterRollup,
     OfferRollup,
+    ReportDayZone,
     ReportDelta,
 )
 from commerce.sales.models import Refund, Sale, SaleEvent
@@ -56,6 +58,7 @@ __all__ = [
     "IdempotencyRecord",
     "Merchant",
     "MerchantCardAlias",
+    "MerchantDayRollup",
     "MerchantHourRollup",
     "MerchantMid",
     "MerchantQuarterRollup",
@@ -71,6 +74,7 @@ __all__ = [
     "ReconciliationRun",
     "ReconciliationSettings",
     "Refund",
+    "ReportDayZone",
     "ReportDelta",
     "Sale",
     "SaleEvent",

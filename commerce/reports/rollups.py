@@ -59,6 +59,14 @@ def _upserts(source: str) -> str:
         FROM {source} GROUP BY merchant_id, {hour}, currency
         ON CONFLICT (merchant_id, bucket, currency) DO UPDATE SET {_ADD}
         RETURNING 1
+    ),
+    days AS (
+        INSERT INTO report_merchant_days AS r (merchant_id, day, currency, {_M})
+        SELECT s.merchant_id, (s.at AT TIME ZONE z.timezone)::date, s.currency, {_SUMS}
+        FROM {source} AS s JOIN report_day_zones AS z ON z.merchant_id = s.merchant_id
+        GROUP BY s.merchant_id, (s.at AT TIME ZONE z.timezone)::date, s.currency
+        ON CONFLICT (merchant_id, day, currency) DO UPDATE SET {_ADD}
+        RETURNING 1
     )
     """  # noqa: S608 - the SQL text holds fixed names only
 
@@ -98,7 +106,12 @@ _FACTS = """
     {touch_filter}
 """
 
-ROLLUP_TABLES = ("report_offer_rollups", "report_merchant_quarters", "report_merchant_hours")
+ROLLUP_TABLES = (
+    "report_offer_rollups",
+    "report_merchant_quarters",
+    "report_merchant_hours",
+    "report_merchant_days",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,4 +215,26 @@ def _rebuild(connection: Connection, merchant_id: str | None) -> int:
         """),  # noqa: S608
         params,
     ).rowcount
-    return offers + quarters + hours
+    # Days in each merchant's own zone, which becomes (again) the zone its days are cut in.
+    connection.execute(
+        text(f"""
+        INSERT INTO report_day_zones (merchant_id, timezone)
+        SELECT id, timezone FROM merchants {"WHERE id = :m" if merchant_id else ""}
+        ON CONFLICT (merchant_id) DO UPDATE SET timezone = excluded.timezone
+        """),  # noqa: S608
+        params,
+    )
+    local_day = "(q.bucket AT TIME ZONE z.timezone)::date"
+    days = connection.execute(
+        text(f"""
+        INSERT INTO report_merchant_days (merchant_id, day, currency, {_M})
+        SELECT q.merchant_id, {local_day}, q.currency, {_SUMS}
+        FROM report_merchant_quarters AS q
+        JOIN report_day_zones AS z ON z.merchant_id = q.merchant_id
+        {"WHERE q.merchant_id = :m" if merchant_id else ""}
+        GROUP BY q.merchant_id, {local_day}, q.currency
+        HAVING {_NONZERO}
+        """),  # noqa: S608
+        params,
+    ).rowcount
+    return offers + quarters + hours + days

@@ -79,38 +79,62 @@ def make_query(
     return Query(merchant_id, window(timezone, first, last, today=today), grouping, by)
 
 
-def _edges(query: Query) -> tuple[list[date | None], list[datetime]]:
-    """The reported periods and the UTC instants that cut the window into them."""
+def _edges(query: Query) -> tuple[list[date | None], list[date], list[datetime]]:
+    """The reported periods, and the local days and UTC instants that cut the window into
+    them (each list of edges one longer than the periods)."""
     w = query.window
+    stop = w.last + timedelta(days=1)
     if query.grouping is None:
-        return [None], [w.start, w.end]
+        return [None], [w.first, stop], [w.start, w.end]
     periods: list[date | None] = []
-    edges = [w.start]
+    days = [w.first]
     day = period_start(w.first, query.grouping)
     while day <= w.last:
         periods.append(day)
         day = next_period(day, query.grouping)
-        edges.append(local_midnight(min(day, w.last + timedelta(days=1)), w.tz))
-    return periods, edges
+        days.append(min(day, stop))
+    return periods, days, [w.start, *(local_midnight(d, w.tz) for d in days[1:])]
 
 
 def _aggregate(
     session: Session, query: Query, measures: Sequence[str] = MEASURES
 ) -> list[dict[str, Any]]:
-    """Sums of every measure by (period, dimension columns, currency) over the window.
+    """Sums of the measures by (period, dimension columns, currency) over the window.
 
-    The periods' UTC edges are computed here (zoneinfo, DST and all) and handed to
-    PostgreSQL, which files each bucket by a binary search over them (width_bucket): no
-    time-zone arithmetic per row. Each bucket lies wholly inside one period because every
-    edge falls on a bucket boundary (periods.window chose the bucket width for that).
+    Reads, with the log rows not folded yet, one of:
+    - the merchant's day rollup, when the report is cut in the zone its days are cut in;
+    - otherwise the hourly rollup (quarter-hourly for zones whose midnights are not on whole
+      hours), or the per-offer rollup when asked by offer or conversation.
+    The periods' edges are computed here (zoneinfo, DST and all) and handed to PostgreSQL,
+    which files each row by a binary search over them (width_bucket): no time-zone
+    arithmetic per rollup row. Every edge falls on a bucket boundary (periods.window chose
+    the bucket width for that), so each bucket lies wholly inside one period.
     """
     w = query.window
     dims = _DIM_COLUMNS[query.by]
-    if query.by:
-        table = "report_offer_rollups"
+    periods, day_edges, edges = _edges(query)
+    params: dict[str, Any] = {"m": query.merchant_id, "start": w.start, "end": w.end}
+    day_zone = None
+    if not query.by:
+        day_zone = session.execute(
+            text("SELECT timezone FROM report_day_zones WHERE merchant_id = :m"), params
+        ).scalar_one_or_none()
+    if day_zone == w.tz_name:
+        table, key, slot = "report_merchant_days", "day", "width_bucket(t, CAST(:edges AS date[]))"
+        delta_key = "(at AT TIME ZONE :tz)::date"
+        where = "day >= :first AND day < :stop"
+        params.update(edges=day_edges, tz=w.tz_name, first=w.first, stop=day_edges[-1])
     else:
-        table = "report_merchant_hours" if w.bucket_minutes == 60 else "report_merchant_quarters"
-    periods, edges = _edges(query)
+        if query.by:
+            table = "report_offer_rollups"
+        elif w.bucket_minutes == 60:
+            table = "report_merchant_hours"
+        else:
+            table = "report_merchant_quarters"
+        key, slot = "bucket", "width_bucket(t, CAST(:edges AS timestamptz[]))"
+        delta_key = "at"
+        where = "bucket >= :start AND bucket < :end"
+        params.update(edges=edges)
     columns = ", ".join(measures)
     dim_select = "".join(f"{d}, " for d in dims)
     group = ", ".join(["slot", *dims, "currency"])
@@ -118,26 +142,22 @@ def _aggregate(
     # 2**53 minor units (90 trillion dollars), far beyond any merchant's total.
     sums = ", ".join(f"sum({m}::float8)::bigint AS {m}" for m in measures)
     sql = f"""
-        SELECT width_bucket(t, CAST(:edges AS timestamptz[])) AS slot, {dim_select}currency,
-               {sums}
+        SELECT {slot} AS slot, {dim_select}currency, {sums}
         FROM (
-            SELECT bucket AS t, {dim_select}currency, {columns} FROM {table}
-            WHERE merchant_id = :m AND bucket >= :start AND bucket < :end
+            SELECT {key} AS t, {dim_select}currency, {columns} FROM {table}
+            WHERE merchant_id = :m AND {where}
             UNION ALL
-            SELECT at, {dim_select}currency, {columns} FROM report_deltas
+            SELECT {delta_key}, {dim_select}currency, {columns} FROM report_deltas
             WHERE merchant_id = :m AND at >= :start AND at < :end
         ) AS figures
         GROUP BY {group}
         ORDER BY {group}
     """  # noqa: S608 - table and column names are fixed above, never from the request
-    rows = session.execute(
-        text(sql), {"m": query.merchant_id, "start": w.start, "end": w.end, "edges": edges}
-    ).mappings()
     out = []
-    for r in rows:
+    for r in session.execute(text(sql), params).mappings():
         row = dict(r)
-        slot = row.pop("slot")
-        row["period"], row["start"], row["end"] = periods[slot - 1], edges[slot - 1], edges[slot]
+        index = row.pop("slot")
+        row["period"], row["start"], row["end"] = periods[index - 1], edges[index - 1], edges[index]
         out.append(row)
     return out
 

@@ -129,6 +129,28 @@ def upgrade() -> None:
             sa.PrimaryKeyConstraint("merchant_id", "bucket", "currency", name=op.f(f"pk_{table}")),
         )
     op.create_table(
+        "report_merchant_days",
+        sa.Column("merchant_id", sa.String(length=32), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        *_measure_columns(),
+        sa.PrimaryKeyConstraint(
+            "merchant_id", "day", "currency", name=op.f("pk_report_merchant_days")
+        ),
+    )
+    op.create_table(
+        "report_day_zones",
+        sa.Column("merchant_id", sa.String(length=32), nullable=False),
+        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["merchant_id"],
+            ["merchants.id"],
+            name=op.f("fk_report_day_zones_merchant_id_merchants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("merchant_id", name=op.f("pk_report_day_zones")),
+    )
+    op.create_table(
         "dashboard_sessions",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("merchant_id", sa.String(length=32), nullable=False),
@@ -156,6 +178,22 @@ def upgrade() -> None:
 
     op.execute(_function("report_sale_deltas", _SALE_FIGURES, _SALE_DELTAS))
     op.execute(_function("report_touchpoint_deltas", _TOUCH_FIGURES, _TOUCH_DELTAS))
+    # A new merchant's days are cut in its zone from the start (it has no sales yet).
+    op.execute("""
+CREATE FUNCTION report_day_zone_of_new_merchants() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO report_day_zones (merchant_id, timezone)
+    SELECT id, timezone FROM new_rows
+    ON CONFLICT (merchant_id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+""")
+    op.execute(
+        "CREATE TRIGGER merchants_report_day_zone AFTER INSERT ON merchants"
+        " REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION report_day_zone_of_new_merchants()"
+    )
     for table, function in (
         ("sales", "report_sale_deltas"),
         ("touchpoints", "report_touchpoint_deltas"),
@@ -178,6 +216,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER IF EXISTS merchants_report_day_zone ON merchants")
+    op.execute("DROP FUNCTION IF EXISTS report_day_zone_of_new_merchants()")
     for table in ("sales", "touchpoints"):
         for event in ("insert", "update", "delete"):
             op.execute(f"DROP TRIGGER IF EXISTS {table}_report_{event} ON {table}")
@@ -185,6 +225,8 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS report_touchpoint_deltas()")
     op.drop_index(op.f("ix_dashboard_sessions_merchant_id"), table_name="dashboard_sessions")
     op.drop_table("dashboard_sessions")
+    op.drop_table("report_day_zones")
+    op.drop_table("report_merchant_days")
     op.drop_table("report_merchant_quarters")
     op.drop_table("report_merchant_hours")
     op.drop_table("report_offer_rollups")

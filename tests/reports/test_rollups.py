@@ -28,6 +28,7 @@ def _snapshot(connection) -> dict[str, list[tuple]]:
         "report_offer_rollups": "merchant_id, bucket, offer_id, conversation_id, currency",
         "report_merchant_quarters": "merchant_id, bucket, currency",
         "report_merchant_hours": "merchant_id, bucket, currency",
+        "report_merchant_days": "merchant_id, day, currency",
     }
     return {
         table: [
@@ -109,7 +110,8 @@ def test_incremental_rollups_equal_a_rebuild(committed, engine):
     rng = random.Random(2026)
     with committed() as session:
         use_session(session)
-        merchants = [MerchantFactory().id for _ in range(3)]
+        zones = ("America/New_York", "Asia/Kathmandu", "UTC")
+        merchants = [MerchantFactory(timezone=zone).id for zone in zones]
         session.commit()
     sales = []
     # Several transactions, folded in between and in small batches, as the worker would.
@@ -145,3 +147,52 @@ def test_incremental_rollups_equal_a_rebuild(committed, engine):
     rollups.rebuild(engine, merchant_id=merchants[0])
     with engine.connect() as connection:
         assert _snapshot(connection) == incremental
+
+
+def test_a_merchant_changing_zone_keeps_exact_reports_and_a_rebuild_recuts_its_days(
+    committed, engine
+):
+    with committed() as session:
+        use_session(session)
+        merchant = MerchantFactory(timezone="America/New_York")
+        sales = random_history(session, [merchant.id], random.Random(9), 50, START)
+        session.commit()
+    rollups.fold(engine)
+
+    def report(zone: str) -> dict:
+        with committed() as session:
+            query = make_query(
+                session,
+                merchant_id=merchant.id,
+                timezone=zone,
+                first=date(2026, 9, 1),
+                last=date(2026, 10, 31),
+                grouping="day",
+            )
+            rows = sales_report(session, query)["rows"]
+        return {
+            (r["period"], r["currency"]): {
+                k: r[k] for k in ("count", "gross", "refunds", "disputes", "net")
+            }
+            for r in rows
+        }
+
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE merchants SET timezone = 'Europe/Paris' WHERE id = :m"), {"m": merchant.id}
+        )
+        zone = connection.execute(
+            text("SELECT timezone FROM report_day_zones WHERE merchant_id = :m"), {"m": merchant.id}
+        ).scalar_one()
+    assert zone == "America/New_York"  # days stay cut where they were, consistently
+    for tz in ("Europe/Paris", "America/New_York"):
+        assert report(tz) == expected_sales(sales, tz, date(2026, 9, 1), date(2026, 10, 31))
+    rollups.rebuild(engine, merchant_id=merchant.id)
+    with engine.connect() as connection:
+        zone = connection.execute(
+            text("SELECT timezone FROM report_day_zones WHERE merchant_id = :m"), {"m": merchant.id}
+        ).scalar_one()
+    assert zone == "Europe/Paris"
+    assert report("Europe/Paris") == expected_sales(
+        sales, "Europe/Paris", date(2026, 9, 1), date(2026, 10, 31)
+    )
