@@ -91,6 +91,11 @@ def create_celery(settings: Settings) -> Celery:
                 "task": "sales.sync_unsettled_payments",
                 "schedule": 300.0,
             },
+            # Payouts whose lines were never listed, or whose late sale events explain them.
+            "reconciliation-sweep-payouts": {
+                "task": "reconciliation.sweep_payouts",
+                "schedule": 120.0,
+            },
             # Authorizations whose clearing days ran out since the last sweep.
             "reconciliation-sweep-clearings": {
                 "task": "reconciliation.sweep_clearings",

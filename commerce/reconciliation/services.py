@@ -255,11 +255,12 @@ SELECT currency,
        count(*) FILTER (WHERE differs) AS with_exceptions,
        count(*) FILTER (WHERE NOT charged AND NOT differs) AS unpaid,
        count(*) FILTER (WHERE card_matched) AS card_matched,
-       coalesce(sum(amount), 0) AS gross,
-       coalesce(sum(amount_captured), 0) AS captured,
-       coalesce(sum(amount_refunded), 0) AS refunded,
-       coalesce(sum(amount) FILTER (WHERE charged AND NOT differs), 0) AS reconciled_amount,
-       coalesce(sum(amount) FILTER (WHERE differs), 0) AS exception_amount
+       coalesce(sum(amount), 0)::bigint AS gross,
+       coalesce(sum(amount_captured), 0)::bigint AS captured,
+       coalesce(sum(amount_refunded), 0)::bigint AS refunded,
+       coalesce(sum(amount) FILTER (WHERE charged AND NOT differs), 0)::bigint
+           AS reconciled_amount,
+       coalesce(sum(amount) FILTER (WHERE differs), 0)::bigint AS exception_amount
   FROM s GROUP BY currency ORDER BY currency
 """
 

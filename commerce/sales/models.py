@@ -93,6 +93,8 @@ class SaleEvent(Base):
         # The same fact delivered twice is stored once.
         UniqueConstraint("sale_id", "kind", "source_ref"),
         Index("ix_sale_events_sale_id_recorded_at", "sale_id", "recorded_at"),
+        # Payout lines and reconciliation find a sale by the provider's charge or refund id.
+        Index("ix_sale_events_kind_source_ref", "kind", "source_ref"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

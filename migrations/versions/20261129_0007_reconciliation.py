@@ -269,9 +269,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_sales_merchant_id_card_last4", "sales", ["merchant_id", "card_last4"], unique=False
     )
+    op.create_index(
+        "ix_sale_events_kind_source_ref", "sale_events", ["kind", "source_ref"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sale_events_kind_source_ref", table_name="sale_events")
     op.drop_index("ix_sales_merchant_id_card_last4", table_name="sales")
     op.drop_constraint(op.f("fk_payouts_merchant_id_merchants"), "payouts", type_="foreignkey")
     op.drop_index(op.f("ix_payouts_merchant_id"), table_name="payouts")
