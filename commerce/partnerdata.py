@@ -21,6 +21,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     MetaData,
+    String,
     Table,
     and_,
     any_,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType
 
 from commerce.audit.services import record
 from commerce.cards.models import CardTransaction
@@ -140,7 +142,12 @@ def stage_transactions(
     temporary = Table(
         into,
         MetaData(),
-        *(Column(column.name, column.type) for column in chosen),
+        # A foreign key's type is the referenced column's, known once every model is
+        # imported; a temporary copy only needs text for those.
+        *(
+            Column(column.name, String() if isinstance(column.type, NullType) else column.type)
+            for column in chosen
+        ),
         prefixes=["TEMPORARY"],
         postgresql_on_commit="DROP",
     )
