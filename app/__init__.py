@@ -31,6 +31,7 @@ from app.api import (
 )
 from app.config import ConfigError, Settings
 from commerce import payments, runtime
+from commerce.attribution import reports as attribution_reports
 from commerce.errors import NotFound
 from commerce.ids import ID_PATTERN
 from commerce.payments.stripe import StripeProvider
@@ -89,7 +90,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "An API key."}
     )
 
-    # 4. Blueprints.
+    # 4. Blueprints. Reports show off-platform revenue from the attributions.
+    attribution_reports.register()
     web.register(app)
     health.register(app)
     dashboard.register(app)

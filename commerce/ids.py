@@ -37,6 +37,7 @@ PREFIXES = {
     "fraud_alert": "fal",
     "reconciliation_exception": "rex",
     "reconciliation_run": "rcr",
+    "attribution": "atr",
 }
 
 ID_PATTERN = re.compile(r"^[a-z]{3,4}_[0-9A-Za-z]{22}$")

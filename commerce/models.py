@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from commerce.access.models import ApiKey, IdempotencyRecord
 from commerce.alerts.models import FraudAlert
+from commerce.attribution.models import Attribution, AttributionSettings
 from commerce.audit.models import AuditEntry
 from commerce.cards.models import CardAlias, CardRef, CardTransaction, MerchantCardAlias
 from commerce.chat.models import Conversation, Customer
@@ -43,6 +44,8 @@ metadata = Base.metadata
 __all__ = [
     "Agreement",
     "ApiKey",
+    "Attribution",
+    "AttributionSettings",
     "AuditEntry",
     "BalanceSnapshot",
     "CardAlias",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import ARRAY, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -19,6 +19,8 @@ class Consent(Base):
     __table_args__ = (
         UniqueConstraint("partner_id", "customer_ref"),
         CheckConstraint("status IN ('granted', 'revoked')", name="status_known"),
+        # Attribution finds the cardholders behind a chat user.
+        Index("ix_consents_chat_channel_chat_user_id", "chat_channel", "chat_user_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

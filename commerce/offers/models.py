@@ -52,6 +52,8 @@ class Touchpoint(Base):
         UniqueConstraint("offer_id", "external_id"),
         Index("ix_touchpoints_offer_id_occurred_at", "offer_id", "occurred_at"),
         Index("ix_touchpoints_merchant_id_occurred_at", "merchant_id", "occurred_at"),
+        # Attribution reads a customer's touchpoints conversation by conversation.
+        Index("ix_touchpoints_conversation_id_occurred_at", "conversation_id", "occurred_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -98,6 +98,7 @@ def record_touchpoint(
         touchpoint = Touchpoint(**values)
         session.add(touchpoint)
         session.flush()
+        _attribute(session, touchpoint)
         return touchpoint, True
     session.execute(
         insert(Touchpoint)
@@ -109,4 +110,16 @@ def record_touchpoint(
             Touchpoint.offer_id == offer.id, Touchpoint.external_id == external_id
         )
     ).one()
+    if touchpoint.id == new:
+        _attribute(session, touchpoint)
     return touchpoint, touchpoint.id == new
+
+
+def _attribute(session: Session, touchpoint: Touchpoint) -> None:
+    """A click or a view may be what led to a purchase the customer made outside the chat:
+    attribute the purchases of the cardholders behind this conversation again."""
+    from commerce.attribution import engine
+    from commerce.attribution.models import CLICK_KINDS, VIEW_KINDS
+
+    if touchpoint.kind in CLICK_KINDS + VIEW_KINDS:
+        engine.attribute_conversation(session, touchpoint.conversation_id)

@@ -623,6 +623,9 @@ class Outcome:
     matches: int
     exceptions: int
     changed: dict[str, int]
+    #: (partner id, customer ref) of the card data reconciled, for the continuous path to
+    #: attribute next (empty for a batch, which attributes its whole period).
+    cardholders: tuple[tuple[str, str], ...] = ()
 
 
 def _stage_card(
@@ -735,30 +738,44 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
             " (SELECT count(*) FROM rc_want_match), (SELECT count(*) FROM rc_want_exc)"
         )
     ).one()
+    cardholders: tuple[tuple[str, str], ...] = ()
+    if not scope.is_period:
+        cardholders = tuple(
+            (row[0], row[1])
+            for row in session.execute(
+                text(
+                    "SELECT DISTINCT partner_id, customer_ref FROM rc_card"
+                    " WHERE customer_ref IS NOT NULL ORDER BY 1, 2"
+                )
+            )
+        )
     return Outcome(
         sales=counts[0],
         purchases=counts[1],
         matches=counts[2],
         exceptions=counts[3],
         changed=changed,
+        cardholders=cardholders,
     )
 
 
-def reconcile_sale(session: Session, sale_id: str, *, previous_last4: str | None = None) -> None:
+def reconcile_sale(
+    session: Session, sale_id: str, *, previous_last4: str | None = None
+) -> Outcome | None:
     """The continuous path for a sale whose Stripe facts changed."""
     row = session.execute(
         text("SELECT merchant_id, card_last4 FROM sales WHERE id = :id"), {"id": sale_id}
     ).one_or_none()
     if row is None:
-        return
-    reconcile(
+        return None
+    return reconcile(
         session,
         Scope.items(row.merchant_id, sale_ids=[sale_id], last4s=[row.card_last4, previous_last4]),
     )
 
 
-def reconcile_card(session: Session, merchant_id: str | None, last4: str | None) -> None:
+def reconcile_card(session: Session, merchant_id: str | None, last4: str | None) -> Outcome | None:
     """The continuous path for a card transaction at one of the merchant's MIDs."""
     if merchant_id is None or last4 is None:
-        return
-    reconcile(session, Scope.items(merchant_id, last4s=[last4]))
+        return None
+    return reconcile(session, Scope.items(merchant_id, last4s=[last4]))

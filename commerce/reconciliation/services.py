@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
+from commerce.attribution import engine as attribution
 from commerce.db import utcnow
 from commerce.errors import Conflict, InvalidInput, NotFound
 from commerce.ids import new_id
@@ -220,7 +221,15 @@ def execute_run(session: Session, run_id: str, *, as_of: datetime | None = None)
             run.period_start, run.period_end, merchant_id=run.merchant_id, as_of=as_of
         ),
     )
-    run.summary = {**summarize(session, run), "changed": outcome.changed}
+    # Then off-platform attribution of what the period left unmatched.
+    attributed = attribution.attribute_period(
+        session, run.period_start, run.period_end, merchant_id=run.merchant_id
+    )
+    run.summary = {
+        **summarize(session, run),
+        "changed": outcome.changed,
+        "attribution": {"purchases": attributed.purchases, "changed": attributed.changed},
+    }
     run.status = "succeeded"
     run.finished_at = utcnow()
     session.flush()

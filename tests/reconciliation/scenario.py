@@ -100,13 +100,14 @@ class Shop:
         last4: str = "4242",
         at: datetime = T0 + timedelta(minutes=1),
         mid: str | None = None,
+        customer_ref: str = "cust_1",
     ) -> str:
         """A card transaction of the consenting cardholder; returns its transaction id."""
         txn = txn or "txn_" + secrets.token_hex(6)
         data: dict[str, Any] = {
             "transaction_id": txn,
             "original_transaction_id": original,
-            "customer_ref": "cust_1",
+            "customer_ref": customer_ref,
             "card": {"token": "tok_1", "brand": "visa", "last4": last4},
             "merchant": {"mid": mid or self.mid, "name": "Shop", "mcc": "5814", "country": "US"},
             "amount": amount,

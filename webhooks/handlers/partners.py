@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from commerce.alerts.services import check_transaction
+from commerce.attribution import engine as attribution
 from commerce.cards.transactions import record_card_transaction
 from commerce.consent.services import apply_consent, consent_in_force, record_balance
 from commerce.errors import InvalidInput
@@ -91,7 +92,16 @@ def handle(session: Session, row: InboxEvent) -> None:
         if reconciliation.PURPOSE in transaction.purposes:
             # Continuous reconciliation of the card group, in the event's transaction.
             session.flush()
-            reconciliation.reconcile_card(session, transaction.merchant_id, transaction.card_last4)
+            outcome = reconciliation.reconcile_card(
+                session, transaction.merchant_id, transaction.card_last4
+            )
+            # Then off-platform attribution of what reconciliation left unmatched (a refund
+            # or reversal may take a credit back, so the cardholder is always among them).
+            holders = set(outcome.cardholders) if outcome is not None else set()
+            if transaction.merchant_id and transaction.customer_ref:
+                holders.add((partner_id, transaction.customer_ref))
+            if holders:
+                attribution.attribute(session, holders)
         if "fraud_alerts" in transaction.purposes:
             # Judged through the fraud-alerts read path, which checks the consent again;
             # an alert's sending task is queued after the commit.

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from commerce import locks
+from commerce.attribution import engine as attribution
 from commerce.cards.services import card_ref_for, merchant_alias
 from commerce.payments.stripe import from_stripe_amount
 from commerce.payouts.models import Payout
@@ -266,5 +267,12 @@ def handle(session: Session, row: InboxEvent) -> None:
     handler(session, event, event["data"]["object"])
     # Continuous reconciliation, in the event's transaction.
     session.flush()
+    cardholders: set[tuple[str, str]] = set()
     for sale_id, previous_last4 in sorted(session.info.pop(_TOUCHED, {}).items()):
-        reconciliation.reconcile_sale(session, sale_id, previous_last4=previous_last4)
+        outcome = reconciliation.reconcile_sale(session, sale_id, previous_last4=previous_last4)
+        if outcome is not None:
+            cardholders.update(outcome.cardholders)
+    # A purchase that now matches this sale is no longer attributed off platform, and one
+    # that no longer matches it may be.
+    if cardholders:
+        attribution.attribute(session, cardholders)

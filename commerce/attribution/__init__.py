@@ -1,0 +1,1 @@
+"""Attribution: which conversation and offer led to a purchase made outside the chat."""

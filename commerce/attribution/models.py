@@ -1,0 +1,99 @@
+"""Off-platform attributions, and a merchant's default windows.
+
+An in-chat sale is attributed to its own offer and conversation directly and needs no row
+here: reports read it from the sales. A row here is a card purchase at one of the
+merchant's MIDs, made outside the chat, credited to a touchpoint of that cardholder with
+one of the merchant's offers, under one model. It is derived data: `engine.attribute`
+recomputes it for a scope with the same SQL whether one event or a batch asked, and it is
+deleted with the card transaction it came from when the cardholder's consent ends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from commerce.db import Base, utcnow
+
+MODELS = ("last_touch", "first_touch", "linear")
+DEFAULT_MODEL = "last_touch"
+DEFAULT_CLICK_WINDOW_SECONDS = 7 * 86400
+DEFAULT_VIEW_WINDOW_SECONDS = 86400
+DEFAULT_RETURN_PERIOD_DAYS = 30
+#: Touchpoints that open a click window, and those that open a view window.
+CLICK_KINDS = ("clicked", "accepted")
+VIEW_KINDS = ("viewed",)
+
+
+class AttributionSettings(Base):
+    """A merchant's default windows; an offer's own windows, where set, come first."""
+
+    __tablename__ = "attribution_settings"
+    __table_args__ = (
+        CheckConstraint("click_window_seconds > 0", name="click_window_positive"),
+        CheckConstraint("view_window_seconds > 0", name="view_window_positive"),
+        CheckConstraint("return_period_days >= 0", name="return_period_not_negative"),
+    )
+
+    merchant_id: Mapped[str] = mapped_column(
+        ForeignKey("merchants.id", ondelete="CASCADE"), primary_key=True
+    )
+    click_window_seconds: Mapped[int] = mapped_column(Integer)
+    view_window_seconds: Mapped[int] = mapped_column(Integer)
+    return_period_days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Attribution(Base):
+    """One purchase's credit to one touchpoint under one model (linear splits a purchase
+    over every touchpoint in its windows; last and first touch give it whole to one)."""
+
+    __tablename__ = "attributions"
+    __table_args__ = (
+        UniqueConstraint("purchase_key", "model", "touchpoint_id"),
+        CheckConstraint("model IN ('last_touch', 'first_touch', 'linear')", name="model_known"),
+        CheckConstraint("status IN ('active', 'taken_back')", name="status_known"),
+        CheckConstraint("weight > 0 AND weight <= 1", name="weight_range"),
+        Index("ix_attributions_merchant_id_purchased_at", "merchant_id", "purchased_at"),
+        Index("ix_attributions_cardholder", "cardholder"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(16))
+    #: The purchase, `partner:transaction id`, and its authorization (or clearing) row.
+    purchase_key: Mapped[str] = mapped_column(String(260))
+    card_transaction_id: Mapped[str] = mapped_column(
+        ForeignKey("card_transactions.id", ondelete="CASCADE"), index=True
+    )
+    offer_id: Mapped[str] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    touchpoint_id: Mapped[str] = mapped_column(ForeignKey("touchpoints.id", ondelete="CASCADE"))
+    #: clicked, accepted or viewed, and the window it opened, e.g. `click_7d`, `view_1d`.
+    touch_kind: Mapped[str] = mapped_column(String(16))
+    window: Mapped[str] = mapped_column(String(16))
+    weight: Mapped[Decimal] = mapped_column(Numeric(7, 6))
+    #: This credit's share of the purchase, and of its refunds within the return period,
+    #: in minor units of `currency` (the card's presentment currency).
+    amount: Mapped[int]
+    refunded: Mapped[int] = mapped_column(default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    purchased_at: Mapped[datetime]
+    touched_at: Mapped[datetime]
+    #: taken_back: refunded in full or reversed within the offer's return period.
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    #: A stable, opaque key of the cardholder, to count distinct cardholders in reports.
+    cardholder: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,178 @@
+"""Off-platform attribution (docs/ATTRIBUTION.md): each model and window, no double counting
+with reconciled sales, take-back on refund and on revocation, and one result whether it runs
+as events arrive or as a batch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from commerce.attribution import engine
+from commerce.attribution.models import Attribution
+from commerce.offers.services import record_touchpoint
+from commerce.reconciliation import engine as reconciliation
+from commerce.reconciliation.engine import Scope
+from tests.alerts.helpers import consent
+from tests.factories import ConversationFactory, CustomerFactory, OfferFactory
+from tests.reconciliation.scenario import T0, open_shop
+
+HOLDER = "cust_1"
+
+
+@pytest.fixture
+def shop(db, client):
+    shop = open_shop(db, client)  # the cardholder cust_1 consented, chat identity psid_1
+    customer = CustomerFactory(channel="messenger", channel_user_id="psid_1")
+    shop.conversation = ConversationFactory(merchant_id=shop.merchant_id, customer_id=customer.id)
+    db.flush()
+    return shop
+
+
+def offer(shop, **windows):
+    made = OfferFactory(conversation=shop.conversation, merchant_id=shop.merchant_id, **windows)
+    shop.db.flush()
+    return made
+
+
+def touch(shop, an_offer, kind, at):
+    touchpoint, _ = record_touchpoint(
+        shop.db, merchant_id=shop.merchant_id, offer_id=an_offer.id, kind=kind, occurred_at=at
+    )
+    return touchpoint
+
+
+def run(shop, as_of=T0 + timedelta(days=1)):
+    """Reconcile, then attribute the cardholder: what processing an event does."""
+    reconciliation.reconcile(
+        shop.db,
+        Scope.period(T0 - timedelta(days=30), T0 + timedelta(days=60), as_of=as_of),
+    )
+    return engine.attribute(shop.db, [(shop.partner_id, HOLDER)])
+
+
+def credits(shop, model=None):
+    query = select(Attribution).where(Attribution.merchant_id == shop.merchant_id)
+    if model:
+        query = query.where(Attribution.model == model)
+    rows = shop.db.scalars(query.execution_options(populate_existing=True))
+    return sorted((r.model, r.offer_id, r.window, r.amount, r.refunded, r.status) for r in rows)
+
+
+def test_each_model_credits_the_touchpoints_in_their_windows(shop):
+    a, b, c, far = offer(shop), offer(shop), offer(shop), offer(shop)
+    touch(shop, far, "clicked", T0 - timedelta(days=8))  # past the 7-day click window
+    touch(shop, a, "clicked", T0 - timedelta(days=6))
+    touch(shop, b, "accepted", T0 - timedelta(days=1))
+    touch(shop, c, "viewed", T0 - timedelta(hours=2))
+    touch(shop, far, "viewed", T0 - timedelta(days=2))  # past the 1-day view window
+    touch(shop, far, "clicked", T0 + timedelta(hours=1))  # after the purchase
+    shop.card("authorized", 1000, at=T0)
+    run(shop)
+    assert credits(shop) == sorted(
+        [
+            ("last_touch", c.id, "view_1d", 1000, 0, "active"),
+            ("first_touch", a.id, "click_7d", 1000, 0, "active"),
+            ("linear", a.id, "click_7d", 333, 0, "active"),
+            ("linear", b.id, "click_7d", 333, 0, "active"),
+            ("linear", c.id, "view_1d", 334, 0, "active"),
+        ]
+    )
+
+
+def test_an_offers_own_window_comes_first(shop):
+    long_click = offer(shop, click_window_seconds=10 * 86400)
+    short_view = offer(shop, view_window_seconds=3600)
+    touch(shop, long_click, "clicked", T0 - timedelta(days=9))
+    touch(shop, short_view, "viewed", T0 - timedelta(hours=2))
+    shop.card("authorized", 500, at=T0)
+    run(shop)
+    assert credits(shop, "last_touch") == [
+        ("last_touch", long_click.id, "click_10d", 500, 0, "active")
+    ]
+
+
+def test_a_purchase_that_is_an_in_chat_sale_is_never_credited_twice(shop):
+    a = offer(shop)
+    touch(shop, a, "clicked", T0 - timedelta(hours=1))
+    shop.sale(1250, at=T0)
+    shop.card("authorized", 1250, at=T0 + timedelta(minutes=1))
+    run(shop)
+    assert credits(shop) == []
+    # A second purchase in the store the same day is off platform.
+    shop.card("authorized", 480, at=T0 + timedelta(hours=3))
+    run(shop)
+    assert credits(shop, "last_touch") == [("last_touch", a.id, "click_7d", 480, 0, "active")]
+
+
+def test_refunds_within_the_return_period_take_the_credit_back(shop):
+    a = offer(shop, return_period_days=14)
+    touch(shop, a, "clicked", T0 - timedelta(hours=1))
+    full = shop.card("authorized", 1000, at=T0)
+    part = shop.card("authorized", 600, at=T0 + timedelta(hours=2))
+    late = shop.card("authorized", 300, at=T0 + timedelta(hours=3))
+    shop.card("refunded", 1000, txn="rf1", original=full, at=T0 + timedelta(days=3))
+    shop.card("refunded", 200, txn="rf2", original=part, at=T0 + timedelta(days=3))
+    shop.card("refunded", 300, txn="rf3", original=late, at=T0 + timedelta(days=20))
+    run(shop)
+    assert credits(shop, "last_touch") == sorted(
+        [
+            ("last_touch", a.id, "click_7d", 1000, 1000, "taken_back"),
+            ("last_touch", a.id, "click_7d", 600, 200, "active"),
+            ("last_touch", a.id, "click_7d", 300, 0, "active"),
+        ]
+    )
+
+
+def test_a_reversal_takes_the_credit_back(shop):
+    a = offer(shop)
+    touch(shop, a, "clicked", T0 - timedelta(hours=1))
+    txn = shop.card("authorized", 1000, at=T0)
+    run(shop)
+    assert credits(shop, "last_touch")[0][-1] == "active"
+    shop.card("reversed", 1000, txn="rev", original=txn, at=T0 + timedelta(hours=1))
+    run(shop)
+    # A reversed authorization moved no money: it is no purchase, so nothing is credited.
+    assert credits(shop) == []
+
+
+def test_revoking_consent_removes_the_credits(shop, client):
+    a = offer(shop)
+    touch(shop, a, "clicked", T0 - timedelta(hours=1))
+    shop.card("authorized", 1000, at=T0)
+    run(shop)
+    assert len(credits(shop)) == 3
+    partner = {"id": shop.partner_id}
+    consent(
+        client,
+        partner,
+        scopes=("transactions",),
+        purposes=("sales_attribution",),
+        status="revoked",
+    )
+    assert credits(shop) == []
+
+
+def test_a_late_reported_click_is_credited_when_it_is_recorded(shop):
+    a = offer(shop)
+    shop.card("authorized", 700, at=T0)
+    run(shop)
+    assert credits(shop) == []
+    touch(shop, a, "clicked", T0 - timedelta(hours=5))  # reported after the purchase
+    assert credits(shop, "last_touch") == [("last_touch", a.id, "click_7d", 700, 0, "active")]
+
+
+def test_the_batch_gives_what_the_events_gave_and_a_rerun_changes_nothing(shop):
+    offers = [offer(shop) for _ in range(3)]
+    for i, an_offer in enumerate(offers):
+        touch(shop, an_offer, "clicked", T0 - timedelta(hours=10 - i))
+        touch(shop, an_offer, "viewed", T0 + timedelta(hours=i))
+    for i in range(5):
+        shop.card("authorized", 100 * (i + 1), at=T0 + timedelta(hours=i, minutes=30))
+    run(shop)
+    incremental = credits(shop)
+    assert len(incremental) > 5
+    outcome = engine.attribute_period(shop.db, T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert credits(shop) == incremental
+    assert outcome.changed == {"deleted": 0, "written": 0}
