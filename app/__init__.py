@@ -18,6 +18,7 @@ from flask_smorest import Api
 
 from app import auth, dashboard, errors, logs, web
 from app.api import (
+    attribution,
     conversations,
     health,
     merchants,
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         webhook_endpoints,
         reports,
         reconciliation,
+        attribution,
     ):
         api.register_blueprint(module.blp)
     # The webhook doors: outside /v1 and the OpenAPI document, signed rather than keyed.

@@ -176,3 +176,28 @@ def test_the_batch_gives_what_the_events_gave_and_a_rerun_changes_nothing(shop):
     outcome = engine.attribute_period(shop.db, T0 - timedelta(days=1), T0 + timedelta(days=1))
     assert credits(shop) == incremental
     assert outcome.changed == {"deleted": 0, "written": 0}
+
+
+def test_the_merchants_default_windows_apply_where_an_offer_sets_none(shop, client):
+    from commerce.access.services import issue_key
+    from tests.helpers import bearer
+
+    headers = bearer(issue_key(shop.db, role="merchant", merchant_id=shop.merchant_id)[1])
+    assert client.get("/v1/attribution/settings", headers=headers).json == {
+        "click_window_seconds": 7 * 86400,
+        "view_window_seconds": 86400,
+        "return_period_days": 30,
+    }
+    answer = client.put(
+        "/v1/attribution/settings", json={"click_window_seconds": 2 * 86400}, headers=headers
+    )
+    assert answer.status_code == 200, answer.json
+    assert answer.json["click_window_seconds"] == 2 * 86400
+    assert client.put(
+        "/v1/attribution/settings", json={"view_window_seconds": 1}, headers=headers
+    ).status_code in (400, 422)
+    a = offer(shop)
+    touch(shop, a, "clicked", T0 - timedelta(days=3))  # inside 7 days, outside 2
+    shop.card("authorized", 900, at=T0)
+    run(shop)
+    assert credits(shop) == []

@@ -86,7 +86,9 @@ def _cardholder_request(
         return True
     message = item.get("message") or {}
     if not message.get("is_echo") and asks_for_balance(message.get("text")):
-        after_commit(session, lambda: enqueue_balance(channel, sender_id))
+        # Answered from the page the cardholder wrote to.
+        page_id = (item.get("recipient") or {}).get("id")
+        after_commit(session, lambda: enqueue_balance(channel, sender_id, page_id))
         return True
     return False
 
