@@ -2,6 +2,8 @@
 #
 #   make run     create .venv if needed, install, start the service on the embedded default
 #   make test    create .venv if needed, install, check lint, run the whole test suite
+#   make test-reliability   the long suite of tests/reliability/ (a stream of 2,000 events
+#                under faults, a checkout race, two instances): its own embedded servers
 #   make lint    ruff
 #   make bench   the touchpoint benchmark
 #   make clean   remove .venv and var/ (the embedded servers' data: stop `make run` first)
@@ -16,7 +18,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := run
-.PHONY: run test lint bench clean install
+.PHONY: run test test-reliability lint bench clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +39,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Not part of `make test` (pyproject.toml ignores tests/reliability/ by default): it runs for
+# minutes and starts, restarts, stops and kills PostgreSQL, Redis and Celery workers of its
+# own (no URLs needed). -s shows each test's report (answers, faults, timings).
+test-reliability: $(STAMP)
+	$(PY) -m pytest -s tests/reliability $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
