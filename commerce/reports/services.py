@@ -153,13 +153,12 @@ def _aggregate(
         GROUP BY {group}
         ORDER BY {group}
     """  # noqa: S608 - table and column names are fixed above, never from the request
-    out = []
-    for r in session.execute(text(sql), params).mappings():
-        row = dict(r)
-        index = row.pop("slot")
-        row["period"], row["start"], row["end"] = periods[index - 1], edges[index - 1], edges[index]
-        out.append(row)
-    return out
+    result = session.execute(text(sql), params)
+    names = ["period", "start", "end", *list(result.keys())[1:]]
+    return [
+        dict(zip(names, (periods[i - 1], edges[i - 1], edges[i], *rest), strict=True))
+        for i, *rest in result.all()
+    ]
 
 
 def _titles(session: Session, merchant_id: str, offer_ids: Sequence[str]) -> dict[str, str]:

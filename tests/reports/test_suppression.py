@@ -120,9 +120,10 @@ def off_platform():
     def source(session, merchant_id, start, end):
         return list(purchases)
 
+    previous = attribution.off_platform_source()
     attribution.register_off_platform(source)
     yield purchases
-    attribution.register_off_platform(None)
+    attribution.register_off_platform(previous)
 
 
 def test_the_attribution_report_hides_small_off_platform_cells(client, db, off_platform):
