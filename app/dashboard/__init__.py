@@ -25,12 +25,12 @@ from zoneinfo import available_timezones
 
 from flask import Blueprint, Flask, Response, g, redirect, render_template, request
 from marshmallow import ValidationError
-from sqlalchemy import select
 
 from app.api import reports as report_api
 from app.errors import problem
 from app.web import db
 from commerce.merchants.models import Merchant
+from commerce.pagination import paginate
 from commerce.reports import dashboard_sessions
 from commerce.reports.models import DashboardSession
 
@@ -43,6 +43,8 @@ blp = Blueprint(
 )
 
 SESSION_COOKIE = "chatledger_dashboard"
+#: Open reconciliation exceptions listed on the page.
+EXCEPTIONS_SHOWN = 50
 CSRF_COOKIE = "chatledger_dashboard_csrf"
 #: kind -> query schema: the same as the /v1/reports routes'.
 _SCHEMAS = {
@@ -185,31 +187,26 @@ def report(kind: str) -> Any:
 
 @blp.get("/api/reconciliation/exceptions")
 def reconciliation_exceptions() -> Any:
-    """The merchant's open reconciliation exceptions, newest first (at most 50)."""
+    """The merchant's open reconciliation exceptions, newest first: the first page of
+    `GET /v1/reconciliation/exceptions?status=open`, from the same query and schema."""
     current = _require_session()
     if isinstance(current, Response):
         return current
-    from commerce.reconciliation.models import ReconciliationException as Exc
+    from app.api.reconciliation import ExceptionSchema
+    from commerce.reconciliation.models import ReconciliationException
+    from commerce.reconciliation.services import exceptions_query
 
-    rows = db().scalars(
-        select(Exc)
-        .where(Exc.merchant_id == current.merchant_id, Exc.status == "open")
-        .order_by(Exc.opened_at.desc(), Exc.id)
-        .limit(50)
+    page = paginate(
+        db(),
+        exceptions_query(current.merchant_id, statuses=("open",)),
+        created_at=ReconciliationException.opened_at,
+        id_=ReconciliationException.id,
+        limit=EXCEPTIONS_SHOWN,
+        cursor=None,
     )
     return {
-        "data": [
-            {
-                "id": e.id,
-                "type": e.type,
-                "subject_key": e.subject_key,
-                "sale_id": e.sale_id,
-                "fields": e.fields,
-                "status": e.status,
-                "opened_at": e.opened_at.isoformat().replace("+00:00", "Z"),
-            }
-            for e in rows
-        ]
+        "data": ExceptionSchema(many=True).dump(page.items),
+        "next_cursor": page.next_cursor,
     }
 
 

@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from commerce import money
 from commerce.db import utcnow
+from commerce.ids import new_id
+from commerce.reconciliation.models import ReconciliationException
 from tests.helpers import bearer, create_merchant
 from tests.reports.helpers import add_sale, add_touchpoint
 
@@ -87,9 +90,20 @@ def shops(app: Flask, committed) -> dict[str, Any]:
         sales_a.append(add_sale(session, a["id"], late, amount=777))
         secret = add_sale(session, b["id"], now - timedelta(days=1), amount=31337)
         session.execute(
-            __import__("sqlalchemy").text("UPDATE offers SET title = :t WHERE id = :o"),
+            text("UPDATE offers SET title = :t WHERE id = :o"),
             {"t": "Shop B secret offer", "o": secret.offer_id},
         )
+        for merchant_id, subject in ((a["id"], "sale:shop-a-gap"), (b["id"], "sale:shop-b-gap")):
+            session.add(
+                ReconciliationException(
+                    id=new_id("reconciliation_exception"),
+                    merchant_id=merchant_id,
+                    type="amount_mismatch",
+                    subject_key=subject,
+                    fields={"amount": {"sale": 1250, "card": 1300}},
+                    status="open",
+                )
+            )
         session.commit()
     return {"client": client, "key": key_a, "a": a, "b": b, "secret": secret, "sales": sales_a}
 
@@ -172,6 +186,7 @@ def test_the_dashboard_draws_the_api_numbers_and_follows_the_picker(browser, liv
         for row in page.query_selector_all("#totals tbody tr")
     }
     assert sorted(totals) == sorted(t["currency"] for t in sales["totals"])
+    assert "sale:shop-a-gap" in page.inner_text("#exceptions")
     page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "chatledger-dashboard.png"))
 
     # The picker: another zone and months instead of days.
@@ -199,7 +214,14 @@ def test_the_dashboard_draws_the_api_numbers_and_follows_the_picker(browser, liv
     page.click("button[data-days='365']")
     _wait_ready(page, 5)
     content = page.content()
-    for secret in ("Shop B", shops["b"]["id"], shops["secret"].offer_id, "31337", "313.37"):
+    for secret in (
+        "Shop B",
+        shops["b"]["id"],
+        shops["secret"].offer_id,
+        "31337",
+        "313.37",
+        "shop-b-gap",
+    ):
         assert secret not in content
     fetched = page.evaluate(
         """async () => (await Promise.all(['sales', 'funnel', 'attribution'].map(k =>

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import OPERATOR, bearer, create_merchant
+from commerce.ids import new_id
+from commerce.reconciliation.models import ReconciliationException
+from tests.helpers import bearer, create_merchant
 from tests.reports.helpers import add_sale
 
 SESSION = "chatledger_dashboard"
@@ -130,5 +132,32 @@ def test_the_dashboard_api_answers_what_the_v1_api_answers_for_the_same_merchant
     bad = client.get("/dashboard/api/reports/sales", query_string={"timezone": "Nowhere/Land"})
     assert bad.status_code == 400
     assert client.get("/dashboard/api/reports/secrets").status_code == 404
-    assert client.get("/dashboard/api/reconciliation/exceptions").json == {"data": []}
-    assert OPERATOR  # the operator has no dashboard: only merchant keys sign in
+    assert client.get("/dashboard/api/reconciliation/exceptions").json["data"] == []
+
+
+def test_the_exceptions_panel_lists_the_merchants_open_exceptions_as_the_api_does(client, db):
+    mine, key = create_merchant(client)
+    other, _ = create_merchant(client)
+    for merchant_id, status, subject in (
+        (mine["id"], "open", "sale:a"),
+        (mine["id"], "resolved", "sale:b"),
+        (other["id"], "open", "sale:c"),
+    ):
+        db.add(
+            ReconciliationException(
+                id=new_id("reconciliation_exception"),
+                merchant_id=merchant_id,
+                type="amount_mismatch",
+                subject_key=subject,
+                fields={"amount": {"sale": 1250, "card": 1300}},
+                status=status,
+            )
+        )
+    db.flush()
+    sign_in(client, key)
+    page = client.get("/dashboard/api/reconciliation/exceptions").json
+    api = client.get(
+        "/v1/reconciliation/exceptions", query_string={"status": "open"}, headers=bearer(key)
+    ).json
+    assert [e["subject_key"] for e in page["data"]] == ["sale:a"]
+    assert page["data"] == api["data"]
