@@ -1,0 +1,273 @@
+"""Reconciliation benchmark: the batch run beside a hand-written set-based SQL join.
+
+Makes a database of its own, generates the ground-truth data set of
+bench/reconcile_data.py (1,000,000 sales and about 1,050,000 card transactions by
+default), then, in the same run and on the same data, times
+
+- the engine's batch over the whole period (`engine.reconcile(Scope.period(...))`), which
+  writes every match and exception; and
+- the reference: the card matching written by hand as set-based SQL, with nothing else
+  (the usable card transactions at the merchants' MIDs, grouped into purchases; the
+  candidate pairs by merchant, last four, brand and time window; then the exact pass, the
+  tolerance pass and the time-window pass, each a greedy one-to-one assignment done as
+  rounds of pairs that are each other's best by time apart, amount apart and ids);
+
+checks that both give the same card matches (and that the engine's equal the ground
+truth), and prints the timings as a Markdown table for docs/BENCHMARKS.md.
+
+Usage: .venv/bin/python bench/reconcile.py [--sales 1000000] [--repeat 2]
+       [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import Session
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import reconcile_data as data  # noqa: E402
+
+import commerce.models  # noqa: E402, F401 - every table, for the engine's staging
+import migrations  # noqa: E402
+from commerce.reconciliation import engine as recon  # noqa: E402
+from commerce.reconciliation.models import (  # noqa: E402
+    DEFAULT_AMOUNT_TOLERANCE,
+    DEFAULT_TIME_WINDOW_SECONDS,
+)
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+REFERENCE = """
+DROP TABLE IF EXISTS ref_sales, ref_purch, ref_cand, ref_match;
+CREATE TEMP TABLE ref_sales AS
+SELECT s.id, s.merchant_id, s.amount, s.currency, s.created_at, s.card_last4 AS last4,
+       lower(s.card_brand) AS brand,
+       coalesce(st.amount_tolerance, :default_tolerance) AS tol,
+       make_interval(secs => coalesce(st.time_window_seconds, :default_window)) AS win
+FROM sales s LEFT JOIN reconciliation_settings st ON st.merchant_id = s.merchant_id
+WHERE s.card_last4 IS NOT NULL AND s.created_at >= :start AND s.created_at < :end;
+CREATE TEMP TABLE ref_purch AS
+SELECT DISTINCT ON (t.partner_id, t.transaction_id)
+       t.partner_id || ':' || t.transaction_id AS pkey, mm.merchant_id, t.card_last4 AS last4,
+       lower(t.card_brand) AS brand, t.amount, t.currency, t.occurred_at AS at
+FROM card_transactions t JOIN merchant_mids mm ON mm.mid = t.mid
+WHERE t.kind IN ('authorized', 'cleared')
+  AND 'sales_attribution' = ANY(t.purposes)
+  AND EXISTS (SELECT 1 FROM consents c
+              WHERE c.partner_id = t.partner_id AND c.customer_ref = t.customer_ref
+                AND c.status = 'granted' AND (c.expires_at IS NULL OR c.expires_at > now())
+                AND 'transactions' = ANY(c.scopes) AND 'sales_attribution' = ANY(c.purposes))
+  AND EXISTS (SELECT 1 FROM agreements a
+              WHERE a.partner_id = t.partner_id AND a.status = 'active'
+                AND a.starts_at <= now() AND (a.ends_at IS NULL OR a.ends_at > now())
+                AND 'transactions' = ANY(a.scopes) AND 'sales_attribution' = ANY(a.purposes))
+ORDER BY t.partner_id, t.transaction_id, t.kind <> 'authorized', t.occurred_at;
+CREATE TEMP TABLE ref_cand AS
+SELECT s.id AS sale_id, p.pkey,
+       abs(extract(epoch FROM p.at - s.created_at)) AS dt, abs(p.amount - s.amount) AS da,
+       CASE WHEN p.currency = s.currency AND p.amount = s.amount THEN 1
+            WHEN p.currency = s.currency AND abs(p.amount - s.amount) <= s.tol THEN 2
+            ELSE 3 END AS pass
+FROM ref_sales s JOIN ref_purch p
+  ON p.merchant_id = s.merchant_id AND p.last4 = s.last4
+ AND p.at BETWEEN s.created_at - s.win AND s.created_at + s.win
+ AND (s.brand IS NULL OR p.brand IS NULL OR s.brand = p.brand);
+CREATE TEMP TABLE ref_match (sale_id text PRIMARY KEY, pkey text UNIQUE, rule text)
+"""
+
+#: One round of one pass: the remaining pairs that are each other's best.
+ROUND = """
+INSERT INTO ref_match (sale_id, pkey, rule)
+SELECT sale_id, pkey, :rule
+FROM (SELECT c.sale_id, c.pkey,
+             row_number() OVER (PARTITION BY c.sale_id ORDER BY c.dt, c.da, c.pkey) AS by_sale,
+             row_number() OVER (PARTITION BY c.pkey ORDER BY c.dt, c.da, c.sale_id) AS by_purch
+      FROM ref_cand c WHERE c.pass <= :pass) AS ranked
+WHERE by_sale = 1 AND by_purch = 1
+"""
+#: Pairs whose sale or purchase was just taken leave.
+PRUNE = """
+DELETE FROM ref_cand c USING ref_match m WHERE m.sale_id = c.sale_id OR m.pkey = c.pkey
+"""
+
+
+def reference(connection: Connection, start: datetime, end: datetime) -> dict[str, float]:
+    """The hand-written matching; returns the seconds of each step."""
+    steps: dict[str, float] = {}
+    params = {
+        "start": start,
+        "end": end,
+        "default_tolerance": DEFAULT_AMOUNT_TOLERANCE,
+        "default_window": DEFAULT_TIME_WINDOW_SECONDS,
+    }
+    began = time.perf_counter()
+    for statement in REFERENCE.strip().split(";\n"):
+        connection.execute(text(statement), params)
+    connection.execute(text("ANALYZE ref_cand"))
+    steps["candidates"] = time.perf_counter() - began
+    for number, rule in ((1, "card_exact"), (2, "card_tolerance"), (3, "card_time")):
+        began = time.perf_counter()
+        while True:
+            taken = connection.execute(text(ROUND), {"rule": rule, "pass": number}).rowcount
+            if not taken:
+                break
+            connection.execute(text(PRUNE))
+        steps[rule] = time.perf_counter() - began
+    return steps
+
+
+def batch(engine: Engine, params: dict[str, str]) -> float:
+    began = time.perf_counter()
+    with Session(engine) as session:
+        recon.reconcile(
+            session,
+            recon.Scope.period(
+                datetime.fromisoformat(params["period_start"]),
+                datetime.fromisoformat(params["period_end"]),
+                as_of=datetime.fromisoformat(params["as_of"]),
+            ),
+        )
+        session.commit()
+    return time.perf_counter() - began
+
+
+def differences(connection: Connection, got: str, want: str) -> list[tuple]:
+    rows = []
+    for first, second in ((want, got), (got, want)):
+        rows += connection.execute(
+            text(f"SELECT * FROM (({first}) EXCEPT ALL ({second})) AS d LIMIT 10")  # noqa: S608
+        ).all()
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return f"{os.cpu_count()} CPUs ({cpu}), load average {load[0]:.1f} at the start"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("CHATLEDGER_DATABASE_URL", DEFAULT_URL))
+    parser.add_argument("--sales", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternating")
+    parser.add_argument("--keep", action="store_true", help="keep the database")
+    args = parser.parse_args()
+
+    name = f"chatledger_bench_reconcile_{secrets.token_hex(3)}"
+    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        server = connection.execute(text("SHOW server_version")).scalar()
+    url = make_url(args.url).set(database=name).render_as_string(hide_password=False)
+    print(f"database {name}; {machine()}; PostgreSQL {server}", flush=True)
+    try:
+        migrations.upgrade(url)
+        made = data.generate(url, sales=args.sales, seed=args.seed, log=print)
+        print(made, flush=True)
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            params = data.params(connection)
+        start = datetime.fromisoformat(params["period_start"])
+        end = datetime.fromisoformat(params["period_end"])
+
+        engine_times: list[float] = []
+        reference_times: list[float] = []
+        reference_steps: list[dict[str, float]] = []
+        for run in range(args.repeat):
+            with engine.begin() as connection:
+                connection.execute(
+                    text("TRUNCATE reconciliation_matches, reconciliation_exceptions")
+                )
+            engine_times.append(batch(engine, params))
+            print(f"run {run + 1}: engine batch {engine_times[-1]:.1f}s", flush=True)
+            with engine.begin() as connection:
+                began = time.perf_counter()
+                reference_steps.append(reference(connection, start, end))
+                reference_times.append(time.perf_counter() - began)
+                print(
+                    f"run {run + 1}: reference {reference_times[-1]:.1f}s "
+                    + ", ".join(f"{k} {v:.1f}s" for k, v in reference_steps[-1].items()),
+                    flush=True,
+                )
+                same = differences(
+                    connection,
+                    "SELECT sale_id, source_key, rule FROM reconciliation_matches"
+                    " WHERE kind = 'card_purchase'",
+                    "SELECT sale_id, pkey, rule FROM ref_match",
+                )
+                card_matches = connection.execute(
+                    text("SELECT count(*) FROM ref_match")
+                ).scalar_one()
+                truth = differences(
+                    connection,
+                    "SELECT sale_id, kind, source_key, rule, confidence"
+                    " FROM reconciliation_matches",
+                    "SELECT sale_id, kind, source_key, rule, confidence FROM truth.matches",
+                )
+                counts = connection.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM reconciliation_matches),"
+                        " (SELECT count(*) FROM reconciliation_exceptions)"
+                    )
+                ).one()
+            print(
+                f"run {run + 1}: card matches {card_matches}, engine = reference: {not same}"
+                f", engine = truth: {not truth}; engine wrote {counts[0]} matches,"
+                f" {counts[1]} exceptions",
+                flush=True,
+            )
+            if same:
+                print("  engine vs reference differ, first:", same, flush=True)
+            if truth:
+                print("  engine vs truth differ, first:", truth, flush=True)
+        best_engine, best_reference = min(engine_times), min(reference_times)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+        print()
+        print(f"| {made.sales:,} sales, {made.card_transactions:,} card transactions | seconds |")
+        print("| --- | --- |")
+        print(f"| generation (bench/reconcile_data.py) | {made.seconds:.0f} |")
+        print(
+            f"| engine batch, runs | {', '.join(f'{t:.1f}' for t in engine_times)}"
+            f" (median {statistics.median(engine_times):.1f}) |"
+        )
+        print(
+            f"| reference join, runs | {', '.join(f'{t:.1f}' for t in reference_times)}"
+            f" (median {statistics.median(reference_times):.1f}) |"
+        )
+        print(f"| ratio, best of each | {best_engine / best_reference:.2f}x |")
+        print(f"\ncommit {commit}; {machine()}")
+        engine.dispose()
+    finally:
+        if not args.keep:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
