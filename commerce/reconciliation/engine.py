@@ -774,6 +774,23 @@ def reconcile_sale(
     )
 
 
+def sales_changed(session: Session, previous_last4: dict[str, str | None]) -> None:
+    """The continuous path after Stripe facts of these sales changed (sale id -> the card's
+    last four digits before the change): reconcile each, then attribute the cardholders of
+    the card groups reconciled, since what a sale matches decides which purchases are
+    off platform."""
+    from commerce.attribution import engine as attribution
+
+    session.flush()
+    cardholders: set[tuple[str, str]] = set()
+    for sale_id, last4 in sorted(previous_last4.items()):
+        outcome = reconcile_sale(session, sale_id, previous_last4=last4)
+        if outcome is not None:
+            cardholders.update(outcome.cardholders)
+    if cardholders:
+        attribution.attribute(session, cardholders)
+
+
 def reconcile_card(session: Session, merchant_id: str | None, last4: str | None) -> Outcome | None:
     """The continuous path for a card transaction at one of the merchant's MIDs."""
     if merchant_id is None or last4 is None:

@@ -406,6 +406,7 @@ def sync_payment(session: Session, *, merchant_id: str, sale_id: str) -> Sale:
         raise NotFound("sale")
     if sale.payment_intent_id is None:
         return sale
+    previous_last4 = sale.card_last4
     merchant = session.get_one(Merchant, sale.merchant_id)
     status = payments.provider().retrieve_payment_intent(
         sale.payment_intent_id, currency=sale.currency, connected_account=merchant.stripe_account
@@ -435,6 +436,9 @@ def sync_payment(session: Session, *, merchant_id: str, sale_id: str) -> Sale:
         record_event(
             session, sale, kind=kind, source="stripe", source_ref=status.id, occurred_at=utcnow()
         )
+    from commerce.reconciliation import engine as reconciliation
+
+    reconciliation.sales_changed(session, {sale.id: previous_last4})
     return sale
 
 

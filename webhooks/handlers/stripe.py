@@ -17,7 +17,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from commerce import locks
-from commerce.attribution import engine as attribution
 from commerce.cards.services import card_ref_for, merchant_alias
 from commerce.payments.stripe import from_stripe_amount
 from commerce.payouts.models import Payout
@@ -265,14 +264,5 @@ def handle(session: Session, row: InboxEvent) -> None:
         raise Ignored(f"{row.event_type} is not an event chatledger keeps")
     session.info.pop(_TOUCHED, None)
     handler(session, event, event["data"]["object"])
-    # Continuous reconciliation, in the event's transaction.
-    session.flush()
-    cardholders: set[tuple[str, str]] = set()
-    for sale_id, previous_last4 in sorted(session.info.pop(_TOUCHED, {}).items()):
-        outcome = reconciliation.reconcile_sale(session, sale_id, previous_last4=previous_last4)
-        if outcome is not None:
-            cardholders.update(outcome.cardholders)
-    # A purchase that now matches this sale is no longer attributed off platform, and one
-    # that no longer matches it may be.
-    if cardholders:
-        attribution.attribute(session, cardholders)
+    # Continuous reconciliation and attribution, in the event's transaction.
+    reconciliation.sales_changed(session, session.info.pop(_TOUCHED, {}))
