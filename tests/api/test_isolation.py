@@ -6,7 +6,8 @@ without anyone listing it here, and one without a tenant check fails here:
 - merchant A's key with merchant B's ids in the path answers 404, exactly as for an id that
   does not exist: same status, same headers, same body (or 403 on an operator route);
 - B's ids in the query string and in the body never bring B's objects into A's answer;
-- A's lists, reports and dashboard show nothing of B's: no id, no title, no amount;
+- A's lists, reports and dashboard show nothing of B's: no id, no thread, and not B's
+  amount or currency, which A never uses;
 - `test_the_sweep_catches_a_route_without_a_tenant_check` registers deliberately unscoped
   routes on a fresh app and shows that the sweep finds each of them.
 
@@ -129,6 +130,7 @@ POST_BODIES = {
         "to": "2026-02-01T00:00:00Z",
     },
     "/v1/reconciliation/settings": lambda: {"amount_tolerance": 0},
+    "/v1/attribution/settings": lambda: {"return_period_days": 30},
 }
 
 
