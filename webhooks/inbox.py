@@ -321,6 +321,18 @@ def claim(
     return list(connection.execute(query).scalars())
 
 
+def outstanding(connection: Connection, *, now: datetime, limit: int) -> int:
+    """How many new events were sent and not yet taken up (leased `pending` rows), up to
+    `limit`: the relays' measure of what waits in the queue."""
+    leased = (
+        select(_TABLE.c.id)
+        .where(_TABLE.c.status == "pending", _TABLE.c.next_attempt_at > now)
+        .limit(limit)
+        .subquery()
+    )
+    return connection.execute(select(func.count()).select_from(leased)).scalar_one()
+
+
 def lease(connection: Connection, ids: Sequence[str], *, until: datetime) -> None:
     """Keep claimed events from being claimed again before `until` (their task is on its way)."""
     connection.execute(

@@ -58,6 +58,8 @@ LEASE = timedelta(seconds=60)
 POLL_SECONDS = 0.25
 #: Rows claimed and sent per transaction: the claim's row locks are held while they are sent.
 BATCH = 100
+#: A relay sends no more while this many sent events wait to be taken up (see `send_due`).
+QUEUE_LIMIT = 300
 #: A send that the broker refuses fails within a fraction of a second (one reconnection), so
 #: the claimed rows are not held locked through a Redis outage.
 PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.1, "interval_max": 0.1}
@@ -85,7 +87,16 @@ def send_due(
     sent: list[str] = []
     failure: Exception | None = None
     with engine.begin() as connection:
-        claimed = inbox.claim(connection, now=utcnow(), grace=grace, limit=limit, ids=ids)
+        now = utcnow()
+        if ids is None:
+            # Backpressure: no more than QUEUE_LIMIT events sent and not yet taken up. A task
+            # then waits in the queue for far less than its lease (at any sane processing
+            # rate), so leases run out only for lost tasks and a backlog is not sent twice.
+            waiting = inbox.outstanding(connection, now=now, limit=QUEUE_LIMIT)
+            limit = min(limit, QUEUE_LIMIT - waiting)
+            if limit <= 0:
+                return 0
+        claimed = inbox.claim(connection, now=now, grace=grace, limit=limit, ids=ids)
         if not claimed:
             return 0
         try:
@@ -101,7 +112,8 @@ def send_due(
             inbox.lease(connection, sent, until=utcnow() + lease)
     if failure is not None:
         raise SendFailed(
-            f"{len(claimed) - len(sent)} of {len(claimed)} inbox events not sent: {failure}"
+            f"{len(claimed) - len(sent)} of {len(claimed)} inbox events not sent: "
+            f"{_first_line(failure)}"
         ) from failure
     return len(sent)
 

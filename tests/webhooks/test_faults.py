@@ -565,3 +565,26 @@ def test_a_delivery_that_finds_its_event_held_counts_no_attempt(env, stripe):
     row = inbox_row(event["id"])
     assert (row.status, row.attempts) == ("processed", 1)
     assert payment_events(sale_id) == 1
+
+
+def test_a_relay_sends_no_more_than_the_queue_limit_ahead_of_the_workers(env, stripe, monkeypatch):
+    env.worker.stop()
+    monkeypatch.setattr(relay, "QUEUE_LIMIT", 5)
+    posted = post_paid(env, stripe, 8)
+    ids = [inbox_id for _, _, inbox_id in posted]
+    # Five are sent and leased; the other three wait until a worker has taken some up.
+    assert relay.send_due(runtime.engine()) == 5
+    assert relay.send_due(runtime.engine()) == 0
+    queued = Counter(queued_inbox_ids(env))
+    assert sum(queued[inbox_id] for inbox_id in ids) == 5
+
+    env.start_worker()
+    wait_for(
+        lambda: processed([event["id"] for _, event, _ in posted]),
+        timeout=SWEEP_WAIT,
+        interval=0.5,
+    )
+    for sale_id, event, _ in posted:
+        row = inbox_row(event["id"])
+        assert (row.status, row.attempts) == ("processed", 1)
+        assert payment_events(sale_id) == 1
