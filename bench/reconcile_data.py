@@ -945,13 +945,13 @@ GROUP BY merchant_id ORDER BY merchant_id
 # histories the templates make (one capture counted, refunds counted once unless reported
 # failed, a dispute opened and possibly won; refunds and disputes never mixed), and the
 # card Stripe's charge reported once a charge (or an authorization) is known.
-DERIVE = """
-WITH ev AS (
+DERIVED = """
+ev AS (
     SELECT e.sale_id, e.id, e.kind, e.amount, e.recorded_at,
            e.kind = 'refund_succeeded' AND NOT EXISTS (
-               SELECT 1 FROM sale_events f WHERE f.sale_id = e.sale_id
+               SELECT 1 FROM {events} f WHERE f.sale_id = e.sale_id
                   AND f.kind = 'refund_failed' AND f.source_ref = e.source_ref) AS counted
-    FROM sale_events e WHERE {where}
+    FROM {events} e WHERE {where}
 ),
 folded AS (
     SELECT sale_id,
@@ -983,6 +983,13 @@ derived AS (
            f.last_at
     FROM folded f
 )
+"""
+
+# The touched sales' cached columns from the events delivered so far.
+DERIVE = (
+    "WITH "
+    + DERIVED.format(events="sale_events", where="e.sale_id = ANY(CAST(:ids AS text[]))")
+    + """
 UPDATE sales s
 SET state = d.state, amount_captured = d.captured, amount_refunded = d.refunded,
     amount_disputed = d.disputed,
@@ -1000,6 +1007,37 @@ WHERE s.id = d.sale_id
        CASE WHEN d.card_known THEN t.card_brand END,
        CASE WHEN d.card_known THEN t.card_last4 END)
 """
+)
+
+# Every fact at once (the data set as it stands once everything arrived): the sales are
+# written with the columns derived from all their events.
+LOAD_ALL = (
+    """
+INSERT INTO sales (id, merchant_id, offer_id, conversation_id, customer_id, amount, currency,
+                   quantity, state, amount_captured, amount_refunded, amount_disputed,
+                   payment_provider, payment_intent_id, card_ref_id, card_brand, card_last4,
+                   created_at, updated_at)
+WITH """
+    + DERIVED.format(events="truth.f_sale_events", where="true")
+    + """
+SELECT s.id, s.merchant_id, s.offer_id, s.conversation_id, s.customer_id, s.amount, s.currency,
+       1, coalesce(d.state, 'pending_payment'), coalesce(d.captured, 0),
+       coalesce(d.refunded, 0), coalesce(d.disputed, 0), 'stripe', s.payment_intent_id,
+       CASE WHEN d.card_known THEN s.card_ref_id END,
+       CASE WHEN d.card_known THEN s.card_brand END,
+       CASE WHEN d.card_known THEN s.card_last4 END,
+       s.created_at, greatest(s.created_at, d.last_at)
+FROM truth.f_sales s LEFT JOIN derived d ON d.sale_id = s.id;
+"""
+    + DELIVER.split(";\n", 1)[1]
+    .replace(
+        "FROM truth.arrival a JOIN truth.f_sale_events e ON e.id = a.id",
+        "FROM truth.f_sale_events e",
+    )
+    .replace("FROM truth.arrival a JOIN truth.f_card k ON k.id = a.id", "FROM truth.f_card k")
+    .replace("WHERE a.fact = 1 AND a.rank > :lo AND a.rank <= :hi", "")
+    .replace("WHERE a.fact = 2 AND a.rank > :lo AND a.rank <= :hi", "")
+)
 
 
 # --------------------------------------------------------------------------- API
@@ -1193,7 +1231,7 @@ def generate(url: str, *, sales: int, seed: int = 1, log: Any = None) -> DataSet
         _run(connection, REFERENCE_DATA, params)
         step("merchants, customers, offers, consents")
         last = connection.execute(text("SELECT max(rank) FROM truth.arrival")).scalar_one()
-        deliver(connection, 0, last)
+        _run(connection, LOAD_ALL, {})
         step("sales, events and card transactions")
         counts = connection.execute(
             text(
@@ -1226,7 +1264,7 @@ def generate(url: str, *, sales: int, seed: int = 1, log: Any = None) -> DataSet
         )
     with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(text("VACUUM ANALYZE"))
+        connection.execute(text("ANALYZE"))
     engine.dispose()
     step("analyzed")
     return DataSet(
@@ -1248,12 +1286,8 @@ def deliver(connection: Connection, lo: int, hi: int) -> list[tuple[str, list[st
     ]
     _run(connection, DELIVER, params)
     sale_ids = [s for _, sales, _ in touched for s in sales]
-    if lo == 0 and hi >= connection.execute(text("SELECT count(*) FROM truth.arrival")).scalar():
-        connection.execute(text(DERIVE.format(where="true")))
-    elif sale_ids:
-        connection.execute(
-            text(DERIVE.format(where="e.sale_id = ANY(CAST(:ids AS text[]))")), {"ids": sale_ids}
-        )
+    if sale_ids:
+        connection.execute(text(DERIVE), {"ids": sale_ids})
     return touched
 
 
