@@ -77,6 +77,11 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "from": "2026-01-01T00:00:00Z",
         "to": "2026-02-01T00:00:00Z",
     },
+    "/v1/attribution/settings": lambda: {
+        "click_window_seconds": 86_400,
+        "view_window_seconds": 3_600,
+        "return_period_days": 30,
+    },
 }
 
 
