@@ -82,9 +82,11 @@ def test_events_reconcile_their_sale_as_they_are_processed(web, stripe, worker):
         return web.get(f"/v1/sales/{sale_id}", headers=shop.headers).json["reconciliation"]
 
     body = wait_for(
-        lambda: (r := reconciliation())["status"] == "reconciled"
-        and any(m["kind"] == "card_purchase" for m in r["matches"])
-        and r
+        lambda: (
+            (r := reconciliation())["status"] == "reconciled"
+            and any(m["kind"] == "card_purchase" for m in r["matches"])
+            and r
+        )
     )
     kinds = {(m["kind"], m["rule"]) for m in body["matches"]}
     assert ("card_purchase", "card_exact") in kinds
