@@ -135,14 +135,21 @@ def _api(shops: dict[str, Any], kind: str, page: Any, **extra: str) -> dict[str,
     return response.json
 
 
-def _expected_revenue(report: dict[str, Any]) -> dict[str, Any]:
-    periods = sorted({r["period"] for r in report["rows"]})
-    currencies = sorted({r["currency"] for r in report["rows"]})
-    cells = {(r["period"], r["currency"]): r["net"] for r in report["rows"]}
+def _expected_revenue(report: dict[str, Any], currency: str | None = None) -> dict[str, Any]:
+    """The revenue chart for `report`: gross and net of one currency (by default the one
+    with the most sales), per period, in major units."""
+    if currency is None:
+        ranked = sorted(report["totals"], key=lambda t: (-t["count"], t["currency"]))
+        currency = ranked[0]["currency"]
+    cells = {r["period"]: r for r in report["rows"] if r["currency"] == currency}
+    periods = sorted(cells)
     return {
         "labels": periods,
         "datasets": {
-            f"Net {c}": [_major(cells.get((p, c), 0), c) for p in periods] for c in currencies
+            f"{figure.capitalize()} {currency}": [
+                _major(cells[p][figure], currency) for p in periods
+            ]
+            for figure in ("gross", "net")
         },
     }
 
@@ -176,43 +183,56 @@ def test_the_dashboard_draws_the_api_numbers_and_follows_the_picker(browser, liv
     funnel = _api(shops, "funnel", page)
     assert _chart(page, "funnel")["datasets"]["Offers"] == [funnel["funnel"][s] for s in STAGES]
     assert funnel["funnel"]["paid"] == len(shops["sales"])
-    attribution = _api(shops, "attribution", page, limit="10")
+    attribution = _api(shops, "attribution", page, limit="100")
     chart = _chart(page, "attribution")
-    assert chart["datasets"]["In chat"] == [
-        _major(r["revenue"], r["currency"]) for r in attribution["in_chat"]["rows"]
-    ]
+    in_usd = [r for r in attribution["in_chat"]["rows"] if r["currency"] == "USD"][:10]
+    assert chart["datasets"]["In chat"] == [_major(r["revenue"], "USD") for r in in_usd]
+    assert len(in_usd) == 4
     totals = {
         row.get_attribute("data-currency"): row.inner_text()
         for row in page.query_selector_all("#totals tbody tr")
     }
     assert sorted(totals) == sorted(t["currency"] for t in sales["totals"])
     assert "sale:shop-a-gap" in page.inner_text("#exceptions")
-    page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "chatledger-dashboard.png"))
+    # Another currency from the chart's own picker.
+    assert page.input_value("#currency") == "USD"
+    page.select_option("#currency", "JPY")
+    _wait_ready(page, 1)
+    assert _chart(page, "revenue") == _expected_revenue(sales, "JPY")
+    assert _chart(page, "attribution")["datasets"]["In chat"] == [
+        150_000.0
+    ]  # JPY has no minor unit
+    page.select_option("#currency", "USD")
+    _wait_ready(page, 2)
+    page.screenshot(
+        path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "chatledger-dashboard.png"),
+        full_page=True,
+    )
 
     # The picker: another zone and months instead of days.
     page.select_option("#timezone", "Asia/Tokyo")
-    _wait_ready(page, 1)
+    _wait_ready(page, 3)
     page.select_option("#group_by", "month")
-    _wait_ready(page, 2)
+    _wait_ready(page, 4)
     by_month = _api(shops, "sales", page, group_by="month")
     assert by_month["timezone"] == "Asia/Tokyo"
     assert _chart(page, "revenue") == _expected_revenue(by_month)
     assert _chart(page, "revenue") != _expected_revenue(sales)
     page.select_option("#group_by", "day")
-    _wait_ready(page, 3)
+    _wait_ready(page, 5)
     tokyo_days = _api(shops, "sales", page, group_by="day")
     assert _chart(page, "revenue") == _expected_revenue(tokyo_days)
     assert {r["period"] for r in tokyo_days["rows"]} != {r["period"] for r in sales["rows"]}
     # A shorter period from the presets.
     page.click("button[data-days='7']")
-    _wait_ready(page, 4)
+    _wait_ready(page, 6)
     week = _api(shops, "sales", page, group_by="day")
     assert _chart(page, "revenue") == _expected_revenue(week)
     assert sum(t["count"] for t in week["totals"]) < sum(t["count"] for t in tokyo_days["totals"])
 
     # Nothing of merchant B anywhere on the page, nor in what the page fetched.
     page.click("button[data-days='365']")
-    _wait_ready(page, 5)
+    _wait_ready(page, 7)
     content = page.content()
     for secret in (
         "Shop B",

@@ -68,17 +68,34 @@
     return td;
   }
 
+  // One currency at a time: amounts in different currencies share no scale. The picker
+  // lists the report's currencies, most sales first, and keeps the choice while it exists.
+  function currencies(report) {
+    return [...report.totals].sort((a, b) => b.count - a.count || a.currency.localeCompare(b.currency))
+      .map((t) => t.currency);
+  }
+
   function revenue(report) {
-    const periods = [...new Set(report.rows.map((r) => r.period))].sort();
-    const currencies = [...new Set(report.rows.map((r) => r.currency))].sort();
-    const datasets = currencies.map((currency) => ({
-      label: "Net " + currency,
-      data: periods.map((p) => {
-        const row = report.rows.find((r) => r.period === p && r.currency === currency);
-        return row ? major(row.net, currency) : 0;
-      }),
-    }));
-    draw("revenue", { type: "bar", data: { labels: periods, datasets } });
+    const select = $("currency");
+    const listed = currencies(report);
+    const chosen = listed.includes(select.value) ? select.value : listed[0] || "";
+    select.replaceChildren(...listed.map((c) => new Option(c, c, false, c === chosen)));
+    select.value = chosen;
+    const periods = [...new Set(report.rows.filter((r) => r.currency === chosen).map((r) => r.period))].sort();
+    const series = (figure) => periods.map((p) => {
+      const row = report.rows.find((r) => r.period === p && r.currency === chosen);
+      return row ? major(row[figure], chosen) : 0;
+    });
+    draw("revenue", {
+      type: "bar",
+      data: {
+        labels: periods,
+        datasets: [
+          { label: "Gross " + chosen, data: series("gross") },
+          { label: "Net " + chosen, data: series("net") },
+        ],
+      },
+    });
     const body = $("totals").querySelector("tbody");
     body.replaceChildren();
     for (const t of report.totals) {
@@ -104,7 +121,9 @@
   }
 
   function attribution(report) {
-    const rows = report.in_chat.rows.slice(0, 10);
+    // The currency picked for the revenue chart: revenues in different currencies share no scale.
+    const currency = $("currency").value;
+    const rows = report.in_chat.rows.filter((r) => r.currency === currency).slice(0, 10);
     const labels = rows.map((r) => (r.offer_title || r.offer_id) + " (" + r.currency + ")");
     const offPlatform = rows.map((r) => {
       const cell = report.off_platform.rows.find((o) => o.offer_id === r.offer_id && o.currency === r.currency);
@@ -140,6 +159,9 @@
     $("exceptions-note").textContent = (body.data || []).length ? "" : "No open exceptions.";
   }
 
+  let lastSales = null;
+  let lastAttribution = null;
+
   async function refresh() {
     document.body.dataset.state = "loading";
     $("status").textContent = "Loading…";
@@ -147,10 +169,12 @@
       const [sales, fun, attr] = await Promise.all([
         getJSON("/dashboard/api/reports/sales", { group_by: $("group_by").value }),
         getJSON("/dashboard/api/reports/funnel"),
-        getJSON("/dashboard/api/reports/attribution", { limit: "10" }),
+        getJSON("/dashboard/api/reports/attribution", { limit: "100" }),
       ]);
+      lastSales = sales;
       revenue(sales);
       funnel(fun);
+      lastAttribution = attr;
       attribution(attr);
       try {
         exceptions(await getJSON("/dashboard/api/reconciliation/exceptions", null));
@@ -171,6 +195,13 @@
     setPreset(30);
     $("apply").addEventListener("click", refresh);
     for (const id of ["timezone", "group_by", "from", "to"]) $(id).addEventListener("change", refresh);
+    $("currency").addEventListener("change", () => {
+      if (!lastSales) return;
+      revenue(lastSales);
+      if (lastAttribution) attribution(lastAttribution);
+      generation += 1;
+      document.body.dataset.generation = String(generation);
+    });
     for (const button of document.querySelectorAll("button[data-days]")) {
       button.addEventListener("click", () => {
         setPreset(Number(button.dataset.days));
