@@ -309,7 +309,7 @@ def _run(session: Session) -> Outcome:
     run(text(_WANT))
     deleted = run(text(_DELETE)).rowcount
     written = run(text(_UPSERT)).all()
-    _announce(session, [row for row in written if row.inserted])
+    announce(session, [row for row in written if row.inserted])
     counts = run(
         text(
             "SELECT (SELECT count(*) FROM at_holders), (SELECT count(*) FROM at_purch),"
@@ -324,20 +324,13 @@ def _run(session: Session) -> Outcome:
     )
 
 
-def _announce(session: Session, rows: Sequence[Any]) -> None:
+def announce(session: Session, rows: Sequence[Any]) -> None:
     """`attribution.created` for each new credit under the default model (last touch)."""
     rows = [r for r in rows if r.model == "last_touch" and r.status == "active"]
     if not rows:
         return
-    listening = set(
-        session.scalars(
-            text(
-                "SELECT DISTINCT merchant_id FROM webhook_endpoints"
-                " WHERE status = 'enabled' AND merchant_id = ANY(CAST(:m AS text[]))"
-                " AND 'attribution.created' = ANY(event_types)"
-            ),
-            {"m": sorted({row.merchant_id for row in rows})},
-        )
+    listening = outbound.subscribed_merchants(
+        session, (row.merchant_id for row in rows), "attribution.created"
     )
     for row in rows:
         if row.merchant_id not in listening:

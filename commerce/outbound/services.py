@@ -18,7 +18,7 @@ import logging
 import random
 import secrets as random_secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -239,6 +239,28 @@ def signing_secrets(session: Session, endpoint_id: str, *, at: datetime) -> list
 
 
 # --- Events -----------------------------------------------------------------------------------
+
+
+def subscribed_merchants(
+    session: Session, merchant_ids: Iterable[str], event_type: str
+) -> set[str]:
+    """Which of these merchants have an enabled endpoint for `event_type`: a producer of
+    many events at once (a reconciliation batch) asks first, and calls `emit` only for them.
+    """
+    wanted = sorted(set(merchant_ids))
+    if not wanted:
+        return set()
+    return set(
+        session.scalars(
+            select(WebhookEndpoint.merchant_id)
+            .distinct()
+            .where(
+                WebhookEndpoint.merchant_id.in_(wanted),
+                WebhookEndpoint.status == "enabled",
+                literal(event_type) == any_(WebhookEndpoint.event_types),
+            )
+        )
+    )
 
 
 def emit(

@@ -577,20 +577,13 @@ SELECT t.id FROM reconciliation_exceptions t
 """
 
 
-def _announce(session: Session, rows: Sequence[Any]) -> None:
+def announce(session: Session, rows: Sequence[Any]) -> None:
     """`reconciliation.exception` to the merchant's webhook endpoints, for each exception that
     opened (new, or found again after it was resolved)."""
     if not rows:
         return
-    listening = set(
-        session.scalars(
-            text(
-                "SELECT DISTINCT merchant_id FROM webhook_endpoints"
-                " WHERE status = 'enabled' AND merchant_id = ANY(CAST(:m AS text[]))"
-                " AND 'reconciliation.exception' = ANY(event_types)"
-            ),
-            {"m": sorted({row.merchant_id for row in rows})},
-        )
+    listening = outbound.subscribed_merchants(
+        session, (row.merchant_id for row in rows), "reconciliation.exception"
     )
     for row in rows:
         if row.merchant_id not in listening:
@@ -731,7 +724,7 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     reopening = set(run(text(_REOPENING)).scalars())
     written = run(text(_UPSERT_EXCEPTIONS)).all()
     changed["exceptions_written"] = len(written)
-    _announce(session, [row for row in written if row.inserted or row.id in reopening])
+    announce(session, [row for row in written if row.inserted or row.id in reopening])
     counts = session.execute(
         text(
             "SELECT (SELECT count(*) FROM rc_sales), (SELECT count(*) FROM rc_purch),"

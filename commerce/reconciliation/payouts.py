@@ -37,7 +37,7 @@ from commerce.ids import new_id
 from commerce.merchants.models import Merchant
 from commerce.payments.stripe import from_stripe_amount, to_stripe_amount
 from commerce.payouts.models import Payout
-from commerce.reconciliation.engine import _announce as announce
+from commerce.reconciliation.engine import announce
 from commerce.reconciliation.models import PayoutLine, ReconciliationException
 from commerce.sales.models import Sale, SaleEvent
 from commerce.sales.states import EventKind
