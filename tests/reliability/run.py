@@ -156,7 +156,7 @@ def run_under_faults(cluster: Cluster, service: Service, stream: Stream, engine:
     again = [answer.event for answer in answers if not answer.ok]
     resent = deliver(service.urls, stream, again, duration=0, threads=4) if again else []
     note(f"{len(resent)} deliveries without a 2xx sent again")
-    settled = wait_until_settled(engine, len(stream.events), timeout=420)
+    settled = wait_until_settled(engine, len(stream.events), timeout=600)
     note("every event in a final status")
     return Run(answers, resent, faults, settled, delivered["at"])
 
