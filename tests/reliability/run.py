@@ -55,16 +55,15 @@ class Run:
         return Counter(answer.status for answer in self.answers)
 
 
-def _blocked_sessions(engine: Engine, holder_pid: int) -> list[tuple[str, str]]:
-    """(application name, query) of the sessions waiting for a lock, other than ours."""
+def _blocked_by(engine: Engine, holder_pid: int) -> list[tuple[str, str]]:
+    """(application name, query) of the sessions waiting for a lock `holder_pid` holds."""
     with engine.connect() as connection:
         return [
             (row.application_name, row.query)
             for row in connection.execute(
                 text(
                     "SELECT application_name, query FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                    " AND pid <> :holder AND pid <> pg_backend_pid()"
+                    " WHERE :holder = ANY(pg_blocking_pids(pid))"
                 ),
                 {"holder": holder_pid},
             )
@@ -88,8 +87,8 @@ def kill_a_worker_mid_task(service: Service, engine: Engine, note: Callable[[str
         while True:
             blocked = [
                 (name, query)
-                for name, query in _blocked_sessions(engine, pid)
-                if name.startswith("worker-") and "FOR UPDATE" in query
+                for name, query in _blocked_by(engine, pid)
+                if name.startswith("worker-")
             ]
             if blocked:
                 break
