@@ -50,6 +50,16 @@ from commerce.reconciliation.models import (  # noqa: E402
 )
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+RESULTS = REPO / "bench" / "results"
+#: Every line printed, written to bench/results/ at the end.
+REPORT: list[str] = []
+
+
+def say(*parts: object) -> None:
+    line = " ".join(str(p) for p in parts)
+    REPORT.append(line)
+    print(line, flush=True)
+
 
 REFERENCE = """
 DROP TABLE IF EXISTS ref_sales, ref_purch, ref_cand, ref_match;
@@ -182,11 +192,11 @@ def main() -> None:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
         server = connection.execute(text("SHOW server_version")).scalar()
     url = make_url(args.url).set(database=name).render_as_string(hide_password=False)
-    print(f"database {name}; {machine()}; PostgreSQL {server}", flush=True)
+    say(f"database {name}; {machine()}; PostgreSQL {server}")
     try:
         migrations.upgrade(url)
-        made = data.generate(url, sales=args.sales, seed=args.seed, log=print)
-        print(made, flush=True)
+        made = data.generate(url, sales=args.sales, seed=args.seed, log=say)
+        say(made)
         engine = create_engine(url)
         with engine.connect() as connection:
             params = data.params(connection)
@@ -202,12 +212,12 @@ def main() -> None:
                     text("TRUNCATE reconciliation_matches, reconciliation_exceptions")
                 )
             engine_times.append(batch(engine, params))
-            print(f"run {run + 1}: engine batch {engine_times[-1]:.1f}s", flush=True)
+            say(f"run {run + 1}: engine batch {engine_times[-1]:.1f}s")
             with engine.begin() as connection:
                 began = time.perf_counter()
                 reference_steps.append(reference(connection, start, end))
                 reference_times.append(time.perf_counter() - began)
-                print(
+                say(
                     f"run {run + 1}: reference {reference_times[-1]:.1f}s "
                     + ", ".join(f"{k} {v:.1f}s" for k, v in reference_steps[-1].items()),
                     flush=True,
@@ -233,34 +243,37 @@ def main() -> None:
                         " (SELECT count(*) FROM reconciliation_exceptions)"
                     )
                 ).one()
-            print(
+            say(
                 f"run {run + 1}: card matches {card_matches}, engine = reference: {not same}"
                 f", engine = truth: {not truth}; engine wrote {counts[0]} matches,"
                 f" {counts[1]} exceptions",
                 flush=True,
             )
             if same:
-                print("  engine vs reference differ, first:", same, flush=True)
+                say("  engine vs reference differ, first:", same)
             if truth:
-                print("  engine vs truth differ, first:", truth, flush=True)
+                say("  engine vs truth differ, first:", truth)
         best_engine, best_reference = min(engine_times), min(reference_times)
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
         ).stdout.strip()
-        print()
-        print(f"| {made.sales:,} sales, {made.card_transactions:,} card transactions | seconds |")
-        print("| --- | --- |")
-        print(f"| generation (bench/reconcile_data.py) | {made.seconds:.0f} |")
-        print(
+        say("")
+        say(f"| {made.sales:,} sales, {made.card_transactions:,} card transactions | seconds |")
+        say("| --- | --- |")
+        say(f"| generation (bench/reconcile_data.py) | {made.seconds:.0f} |")
+        say(
             f"| engine batch, runs | {', '.join(f'{t:.1f}' for t in engine_times)}"
             f" (median {statistics.median(engine_times):.1f}) |"
         )
-        print(
+        say(
             f"| reference join, runs | {', '.join(f'{t:.1f}' for t in reference_times)}"
             f" (median {statistics.median(reference_times):.1f}) |"
         )
-        print(f"| ratio, best of each | {best_engine / best_reference:.2f}x |")
-        print(f"\ncommit {commit}; {machine()}")
+        say(f"| ratio, best of each | {best_engine / best_reference:.2f}x |")
+        say(f"\ncommit {commit}; {machine()}")
+        RESULTS.mkdir(exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        (RESULTS / f"reconcile-{stamp}.md").write_text("\n".join(REPORT) + "\n")
         engine.dispose()
     finally:
         if not args.keep:
