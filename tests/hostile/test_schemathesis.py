@@ -16,7 +16,6 @@ under pytest 9.2; each operation's Hypothesis strategy is driven here instead.)
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import schemathesis
@@ -132,6 +131,3 @@ def test_every_operation_does_what_the_document_says(
         except (Exception, BaseExceptionGroup) as exc:  # a check failed, or the app raised
             failures.append(f"{operation.label}: {exc}"[:3000])
     assert not failures, "\n\n".join(failures)
-
-
-__all__: list[Any] = []
