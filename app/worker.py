@@ -96,6 +96,11 @@ def create_celery(settings: Settings) -> Celery:
                 "task": "reconciliation.sweep_payouts",
                 "schedule": 120.0,
             },
+            # What events queued for reconciliation and attribution, if no drain was sent.
+            "reconciliation-drain": {
+                "task": "reconciliation.drain",
+                "schedule": 5.0,
+            },
             # Authorizations whose clearing days ran out since the last sweep.
             "reconciliation-sweep-clearings": {
                 "task": "reconciliation.sweep_clearings",

@@ -25,6 +25,7 @@ from commerce.reconciliation.models import (
     PayoutLine,
     ReconciliationException,
     ReconciliationMatch,
+    ReconciliationQueue,
     ReconciliationRun,
     ReconciliationSettings,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "PayoutLine",
     "ReconciliationException",
     "ReconciliationMatch",
+    "ReconciliationQueue",
     "ReconciliationRun",
     "ReconciliationSettings",
     "Refund",

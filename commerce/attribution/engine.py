@@ -269,21 +269,23 @@ def cardholders_of_chat_user(session: Session, channel: str, user_id: str) -> li
     return [(row[0], row[1]) for row in rows]
 
 
-def attribute_conversation(session: Session, conversation_id: str) -> Outcome | None:
-    """After a touchpoint: the cardholders behind the conversation's customer."""
+def conversation_changed(session: Session, conversation_id: str) -> None:
+    """After a touchpoint: queue the cardholders behind the conversation's customer for the
+    next drain (commerce/reconciliation/engine.py), which attributes them again."""
+    from commerce.reconciliation import engine as reconciliation
+
     row = session.execute(
         text(
-            "SELECT cu.channel, cu.channel_user_id FROM conversations cv"
+            "SELECT cv.merchant_id, cu.channel, cu.channel_user_id FROM conversations cv"
             " JOIN customers cu ON cu.id = cv.customer_id WHERE cv.id = :id"
         ),
         {"id": conversation_id},
     ).one_or_none()
     if row is None:
-        return None
-    holders = cardholders_of_chat_user(session, row[0], row[1])
-    if not holders:
-        return None
-    return attribute(session, holders)
+        return
+    holders = cardholders_of_chat_user(session, row[1], row[2])
+    if holders:
+        reconciliation.enqueue(session, row[0], cardholders=holders)
 
 
 def _run(session: Session) -> Outcome:

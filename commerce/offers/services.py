@@ -122,4 +122,4 @@ def _attribute(session: Session, touchpoint: Touchpoint) -> None:
     from commerce.attribution.models import CLICK_KINDS, VIEW_KINDS
 
     if touchpoint.kind in CLICK_KINDS + VIEW_KINDS:
-        engine.attribute_conversation(session, touchpoint.conversation_id)
+        engine.conversation_changed(session, touchpoint.conversation_id)

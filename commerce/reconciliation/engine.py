@@ -24,6 +24,8 @@ last writer of a group therefore always reads what the one before it committed.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,13 +35,15 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from commerce import partnerdata
-from commerce.db import utcnow
+from commerce.db import after_commit, utcnow
 from commerce.outbound import services as outbound
 from commerce.reconciliation.models import (
     DEFAULT_AMOUNT_TOLERANCE,
     DEFAULT_CLEARING_DAYS,
     DEFAULT_TIME_WINDOW_SECONDS,
 )
+
+log = logging.getLogger(__name__)
 
 #: Card data is linked to a merchant's sales under this purpose, and no other.
 PURPOSE = "sales_attribution"
@@ -113,11 +117,13 @@ def _lock(session: Session, scope: Scope) -> None:
     session.execute(
         text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _lock_key(scope.merchant_id)}
     )
-    for last4 in scope.last4s:  # sorted: two events never wait for each other in a cycle
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:k)"),
-            {"k": _lock_key(scope.merchant_id, last4)},
-        )
+    # All the groups in one statement, in key order: two scopes never wait in a cycle.
+    session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
+        ),
+        {"keys": sorted({_lock_key(scope.merchant_id, last4) for last4 in scope.last4s})},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,20 +774,129 @@ def reconcile_sale(
 
 
 def sales_changed(session: Session, previous_last4: dict[str, str | None]) -> None:
-    """The continuous path after Stripe facts of these sales changed (sale id -> the card's
-    last four digits before the change): reconcile each, then attribute the cardholders of
-    the card groups reconciled, since what a sale matches decides which purchases are
-    off platform."""
+    """Stripe facts of these sales changed (sale id -> the card's last four digits before
+    the change): queue them, with the card group they were in, for the drain."""
+    if not previous_last4:
+        return
+    session.flush()
+    rows = session.execute(
+        text("SELECT id, merchant_id, card_last4 FROM sales WHERE id = ANY(CAST(:ids AS text[]))"),
+        {"ids": sorted(previous_last4)},
+    )
+    for sale_id, merchant_id, last4 in rows:
+        enqueue(
+            session,
+            merchant_id,
+            sale_ids=[sale_id],
+            last4s=[x for x in {last4, previous_last4[sale_id]} if x],
+        )
+
+
+def enqueue(
+    session: Session,
+    merchant_id: str,
+    *,
+    sale_ids: Iterable[str] = (),
+    last4s: Iterable[str] = (),
+    cardholders: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Ask for the continuous path: these sales, card groups and cardholders are reconciled
+    and attributed by the next drain, which the commit schedules."""
+    rows = [
+        {"sale_id": sale_id, "last4": None, "partner_id": None, "customer_ref": None}
+        for sale_id in sale_ids
+    ]
+    rows += [
+        {"sale_id": None, "last4": last4, "partner_id": None, "customer_ref": None}
+        for last4 in last4s
+    ]
+    rows += [
+        {"sale_id": None, "last4": None, "partner_id": p, "customer_ref": c} for p, c in cardholders
+    ]
+    if not rows:
+        return
+    session.execute(
+        text(
+            "INSERT INTO reconciliation_queue"
+            " (merchant_id, sale_id, last4, partner_id, customer_ref, enqueued_at)"
+            " VALUES (:merchant_id, :sale_id, :last4, :partner_id, :customer_ref, now())"
+        ),
+        [{"merchant_id": merchant_id, **row} for row in rows],
+    )
+    after_commit(session, _schedule_drain)
+
+
+_DRAIN_COALESCE_SECONDS = 1.0
+_last_drain_sent = 0.0
+
+
+def _schedule_drain() -> None:
+    """Send one drain a second at most from this process; the beat's drain covers a lost
+    send (the broker down) and anything a drain already running did not see."""
+    global _last_drain_sent
+    now = time.monotonic()
+    if now - _last_drain_sent < _DRAIN_COALESCE_SECONDS:
+        return
+    _last_drain_sent = now
+    from commerce.reconciliation import tasks
+
+    try:
+        tasks.drain.apply_async(countdown=_DRAIN_COALESCE_SECONDS)
+    except Exception:  # the broker's errors vary by transport; the beat's drain covers them
+        log.warning("reconciliation drain not sent; the periodic drain will run", exc_info=True)
+
+
+_TAKE = """
+DELETE FROM reconciliation_queue
+ WHERE id IN (SELECT id FROM reconciliation_queue ORDER BY id LIMIT :limit
+               FOR UPDATE SKIP LOCKED)
+RETURNING merchant_id, sale_id, last4, partner_id, customer_ref
+"""
+
+
+def drain(session: Session, *, limit: int = 2000, as_of: datetime | None = None) -> int:
+    """Reconcile and attribute up to `limit` queued items, merchant by merchant, in the
+    caller's transaction; returns how many were taken. Items queued twice count once."""
     from commerce.attribution import engine as attribution
 
-    session.flush()
+    taken = session.execute(text(_TAKE), {"limit": limit}).all()
+    if not taken:
+        return 0
+    sales: dict[str, set[str]] = {}
+    groups: dict[str, set[str]] = {}
     cardholders: set[tuple[str, str]] = set()
-    for sale_id, last4 in sorted(previous_last4.items()):
-        outcome = reconcile_sale(session, sale_id, previous_last4=last4)
-        if outcome is not None:
-            cardholders.update(outcome.cardholders)
+    for merchant_id, sale_id, last4, partner_id, customer_ref in taken:
+        sales.setdefault(merchant_id, set())
+        groups.setdefault(merchant_id, set())
+        if sale_id:
+            sales[merchant_id].add(sale_id)
+        if last4:
+            groups[merchant_id].add(last4)
+        if partner_id and customer_ref:
+            cardholders.add((partner_id, customer_ref))
+    # Each sale's own card group is locked with the others, in one order.
+    for merchant_id, last4 in session.execute(
+        text(
+            "SELECT merchant_id, card_last4 FROM sales"
+            " WHERE id = ANY(CAST(:ids AS text[])) AND card_last4 IS NOT NULL"
+        ),
+        {"ids": sorted(set().union(*sales.values()))},
+    ):
+        groups.setdefault(merchant_id, set()).add(last4)
+    for merchant_id in sorted(groups):
+        outcome = reconcile(
+            session,
+            Scope.items(
+                merchant_id,
+                sale_ids=sales.get(merchant_id, ()),
+                last4s=groups[merchant_id],
+                as_of=as_of,
+            ),
+        )
+        cardholders.update(outcome.cardholders)
     if cardholders:
         attribution.attribute(session, cardholders)
+    return len(taken)
 
 
 def reconcile_card(session: Session, merchant_id: str | None, last4: str | None) -> Outcome | None:

@@ -196,3 +196,22 @@ class PayoutLine(Base):
         ForeignKey("sales.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReconciliationQueue(Base):
+    """What processing asked to reconcile and attribute: a sale, a card group (a merchant's
+    last four digits), or a cardholder. Events add rows in their own transaction; the
+    worker's drain takes many at once and reconciles them together, so a burst of events
+    costs one reconciliation, not one each. Rows are deleted in the transaction that
+    reconciles them: a failure leaves them for the next drain."""
+
+    __tablename__ = "reconciliation_queue"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id", ondelete="CASCADE"))
+    sale_id: Mapped[str | None] = mapped_column(String(32))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    #: A cardholder to attribute (partner id and the partner's customer reference).
+    partner_id: Mapped[str | None] = mapped_column(String(32))
+    customer_ref: Mapped[str | None] = mapped_column(String(128))
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)

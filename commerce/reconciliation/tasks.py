@@ -103,3 +103,28 @@ def sweep_clearings() -> int:
         start, end = services.clearing_sweep_period(session, as_of=as_of)
         outcome = engine.reconcile(session, engine.Scope.period(start, end, as_of=as_of))
     return outcome.changed["exceptions_written"]
+
+
+#: A drain stops taking more after this long; the next one goes on.
+DRAIN_BUDGET_SECONDS = 20.0
+
+
+@shared_task(bind=True, name="reconciliation.drain", max_retries=5)
+def drain(self) -> int:  # type: ignore[no-untyped-def]
+    """Reconcile and attribute what events queued, a batch per transaction, until the queue
+    is empty or the budget is spent. A failed batch rolls back and stays queued."""
+    import time
+
+    started = time.monotonic()
+    total = 0
+    try:
+        while time.monotonic() - started < DRAIN_BUDGET_SECONDS:
+            with transaction(runtime.sessions()) as session:
+                taken = engine.drain(session)
+            total += taken
+            if not taken:
+                break
+    except OperationalError as exc:
+        # A deadlock with another drain, a lock wait too long, the database restarting.
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+    return total

@@ -160,6 +160,8 @@ def test_a_late_reported_click_is_credited_when_it_is_recorded(shop):
     run(shop)
     assert credits(shop) == []
     touch(shop, a, "clicked", T0 - timedelta(hours=5))  # reported after the purchase
+    assert credits(shop) == []  # queued for the worker's next drain
+    assert reconciliation.drain(shop.db) == 1
     assert credits(shop, "last_touch") == [("last_touch", a.id, "click_7d", 700, 0, "active")]
 
 

@@ -274,3 +274,29 @@ def test_each_opening_is_announced_to_the_merchants_webhooks_once(shop, db):
     events = announced()
     assert len(events) == 2
     assert events[1]["id"] == opened["id"]
+
+
+def test_queued_events_are_reconciled_together_by_the_drain(shop, db):
+    from sqlalchemy import func, select
+
+    from commerce.reconciliation.models import ReconciliationQueue
+
+    sales = [shop.sale(700 + i, at=T0 + timedelta(minutes=10 * i)) for i in range(3)]
+    for i in range(3):
+        shop.card("authorized", 700 + i, at=T0 + timedelta(minutes=10 * i + 1))
+    orphan = shop.card("authorized", 5, at=T0 + timedelta(minutes=2))
+    # What processing does: each event queues its sale or card group, some of them twice.
+    engine.sales_changed(db, {sale.id: None for sale in sales})
+    engine.sales_changed(db, {sales[0].id: None})
+    engine.enqueue(db, shop.merchant_id, last4s=["4242"], cardholders=[(shop.partner_id, "cust_1")])
+    assert shop.matches() == set()
+
+    # Three sales with their group, one of them twice, the group and the cardholder.
+    assert engine.drain(db, as_of=AS_OF) == 10
+    assert db.scalar(select(func.count()).select_from(ReconciliationQueue)) == 0
+    assert engine.drain(db, as_of=AS_OF) == 0
+    drained = (shop.matches(), shop.exceptions())
+    assert len([m for m in drained[0] if m[1] == "card_purchase"]) == 3
+    assert ("orphan_transaction", f"txn:{shop.key(orphan)}") in drained[1]
+    batch(shop)
+    assert (shop.matches(), shop.exceptions()) == drained

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from commerce.alerts.services import check_transaction
-from commerce.attribution import engine as attribution
 from commerce.cards.transactions import record_card_transaction
 from commerce.consent.services import apply_consent, consent_in_force, record_balance
 from commerce.errors import InvalidInput
@@ -89,19 +88,17 @@ def handle(session: Session, row: InboxEvent) -> None:
             purposes=purposes,
             inbox_event_id=row.id,
         )
-        if reconciliation.PURPOSE in transaction.purposes:
-            # Continuous reconciliation of the card group, in the event's transaction.
-            session.flush()
-            outcome = reconciliation.reconcile_card(
-                session, transaction.merchant_id, transaction.card_last4
+        if reconciliation.PURPOSE in transaction.purposes and transaction.merchant_id:
+            # Reconciliation of its card group, then attribution of its cardholder (a refund
+            # or reversal may take a credit back), by the worker's next drain.
+            reconciliation.enqueue(
+                session,
+                transaction.merchant_id,
+                last4s=[transaction.card_last4] if transaction.card_last4 else [],
+                cardholders=[(partner_id, transaction.customer_ref)]
+                if transaction.customer_ref
+                else [],
             )
-            # Then off-platform attribution of what reconciliation left unmatched (a refund
-            # or reversal may take a credit back, so the cardholder is always among them).
-            holders = set(outcome.cardholders) if outcome is not None else set()
-            if transaction.merchant_id and transaction.customer_ref:
-                holders.add((partner_id, transaction.customer_ref))
-            if holders:
-                attribution.attribute(session, holders)
         if "fraud_alerts" in transaction.purposes:
             # Judged through the fraud-alerts read path, which checks the consent again;
             # an alert's sending task is queued after the commit.
