@@ -8,8 +8,8 @@ matches and exceptions the rules call for, and makes the stored rows of the scop
 them: new ones inserted, changed ones updated, vanished matches deleted and vanished
 exceptions resolved. Rows already right are not touched, so a second run changes nothing.
 
-- The continuous path (`Scope.items`) is one event's sale and card group, reconciled in the
-  event's transaction.
+- The continuous path (`Scope.items`) is the sales and card groups that processed events
+  queued (`enqueue`), reconciled together by the worker's `drain` a moment later.
 - A batch (`Scope.period`) is every sale created in the period and every card group with a
   sale or a purchase in it.
 
