@@ -720,8 +720,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="baseline+door pairs")
     parser.add_argument(
         "--only",
-        choices=("baseline", "door", "processing"),
-        help="run one part only (for exploring; the report's ratio needs both scenarios)",
+        choices=("baseline", "door", "acceptance", "processing"),
+        help="run one part only (for exploring; the report's ratio needs both scenarios, "
+        "which `acceptance` runs without the processing part)",
     )
     parser.add_argument(
         "--events", type=int, default=2000, help="events (sales) per processing run"

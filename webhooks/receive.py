@@ -147,7 +147,7 @@ def stripe_door() -> Response:
     # A Core transaction, not an ORM session: this is the hottest path of the service.
     with runtime.connection() as connection:
         stored = accept_stripe_event(
-            connection, event, event_type, headers={"signature_timestamp": timestamp}
+            connection, event, event_type, headers={"signature_timestamp": timestamp}, raw=raw
         )
     # Nothing is sent from here: a relay finds the committed row and sends its task.
     if stored.status == "refused":
@@ -161,7 +161,12 @@ def stripe_door() -> Response:
 
 
 def accept_stripe_event(
-    connection: Connection, event: dict[str, Any], event_type: str, *, headers: dict[str, Any]
+    connection: Connection,
+    event: dict[str, Any],
+    event_type: str,
+    *,
+    headers: dict[str, Any],
+    raw: bytes | None = None,
 ) -> inbox.Stored:
     """Store a Stripe event (from the door, or fetched by the backfill) once, scrubbed; a
     relay sends a new pending event once the caller's transaction commits.
@@ -175,7 +180,18 @@ def accept_stripe_event(
         if isinstance(created, int) and not isinstance(created, bool)
         else None
     )
-    document = scrub(event, hasher=None).document
+    scrubbed = scrub(event, hasher=None)
+    document = scrubbed.document
+    # The body the event was parsed from (`raw`) is stored as it came when the scrubber found
+    # nothing to mask, hash or drop in it: the same JSON, without serializing it again.
+    payload_json = None
+    if raw is not None and not (
+        scrubbed.pans_found or scrubbed.pan_fields_hashed or scrubbed.dropped_fields
+    ):
+        try:
+            payload_json = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            payload_json = None
     headers = {**headers, "api_version": event.get("api_version")}
     if event.get("api_version") != STRIPE_API_VERSION:
         return inbox.insert_event(
@@ -197,6 +213,7 @@ def accept_stripe_event(
         payload=document,
         headers=headers,
         occurred_at=occurred_at,
+        payload_json=payload_json,
     )
 
 
