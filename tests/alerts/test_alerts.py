@@ -305,9 +305,13 @@ def test_end_to_end_through_the_worker(app, committed, worker, messenger):
 
     deliver(web, partner, "balance.updated", balance("ACC-9876", as_of=NOW))
     wait_for(lambda: _processed_balance(committed))
-    chat(web, text_item("psid_e2e", " Balance ", mid="m_bal"))
+    # Asked on a page chatledger has a token for: the reply comes from that page (a PSID
+    # belongs to one page, so no other page could answer).
+    page = next(iter(PAGE_TOKENS))
+    chat(web, text_item("psid_e2e", " Balance ", mid="m_bal"), page_id=page)
     reply = wait_for(lambda: [m for m in messenger.to("psid_e2e") if "balances" in m.text])
     assert "Account ending 9876: 1234.56 USD available" in reply[0].text
+    assert reply[0].page_id == page
 
 
 def _state(factory, alert_id):
