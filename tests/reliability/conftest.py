@@ -34,7 +34,7 @@ from tests.support.stripe_server import StripeServer
 SEED = 20261129
 PREPARED = "prepared"
 #: Redis databases of the runs (one embedded Redis; the runs never overlap in time).
-REDIS_DB = {"prepared": 15, "clean": 1, "faults": 2, "two": 3, "race": 4, "ids": 5}
+REDIS_DB = {"prepared": 15, "clean": 1, "faults": 2, "two": 3, "race": 4, "ids": 5, "disputes": 6}
 
 
 @dataclass

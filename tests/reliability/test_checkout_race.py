@@ -135,6 +135,9 @@ def test_a_checkout_racing_its_payment_webhook_counts_the_amount_once(
                     == "waiting"
                 )
 
+        failures: list[BaseException] = []
+        racers: list[threading.Thread] = []
+
         def on_intent_created(intent: dict[str, Any]) -> None:
             mode = offers[intent["metadata"]["offer_id"]]
             if mode == "before":
@@ -152,16 +155,20 @@ def test_a_checkout_racing_its_payment_webhook_counts_the_amount_once(
                 pause = rng.uniform(0, 0.03)
 
                 def later() -> None:
-                    time.sleep(pause)
-                    customer.pay_and_deliver(intent["id"])
+                    try:
+                        time.sleep(pause)
+                        customer.pay_and_deliver(intent["id"])
+                    except BaseException as exc:
+                        failures.append(exc)
 
-                threading.Thread(target=later, daemon=True).start()
+                racer = threading.Thread(target=later, daemon=True)
+                racers.append(racer)
+                racer.start()
 
         stripe.on_intent_created = on_intent_created
         sales: dict[str, dict[str, Any]] = {}
         queue = list(offers)
         lock = threading.Lock()
-        failures: list[BaseException] = []
 
         def checkout_rounds() -> None:
             try:
@@ -189,6 +196,8 @@ def test_a_checkout_racing_its_payment_webhook_counts_the_amount_once(
         for thread in rounds:
             thread.start()
         for thread in rounds:
+            thread.join()
+        for thread in racers:  # all started by now: every checkout has answered
             thread.join()
         assert not failures, failures
         assert len(sales) == ROUNDS
