@@ -58,6 +58,11 @@ class FunnelQuerySchema(ReportQuerySchema):
 
 
 class AttributionQuerySchema(ReportQuerySchema):
+    model = fields.String(
+        load_default="last_touch",
+        validate=validate.OneOf(["last_touch", "first_touch", "linear"]),
+        metadata={"description": "How an off-platform purchase is credited (docs/ATTRIBUTION.md)."},
+    )
     limit = fields.Integer(
         load_default=100,
         validate=validate.Range(min=1, max=10_000),
@@ -179,6 +184,7 @@ def build(kind: str, args: dict[str, Any], merchant: str) -> dict[str, Any]:
         query,
         min_cardholders=settings.report_min_cardholders,
         limit=args.get("limit", 100),
+        model=args.get("model", "last_touch"),
     )
 
 

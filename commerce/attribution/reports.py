@@ -13,10 +13,10 @@ from commerce.reports.attribution import AttributedPurchase, register_off_platfo
 
 
 def attributed_purchases(
-    session: Session, merchant_id: str, start: datetime, end: datetime
+    session: Session, merchant_id: str, start: datetime, end: datetime, model: str = DEFAULT_MODEL
 ) -> Iterator[AttributedPurchase]:
-    """The merchant's credits under the default model for purchases in [start, end), net of
-    refunds in the return period; credits taken back count nothing."""
+    """The merchant's credits under `model` for purchases in [start, end), net of refunds in
+    the return period; credits taken back count nothing."""
     rows = session.execute(
         select(
             Attribution.offer_id,
@@ -27,7 +27,7 @@ def attributed_purchases(
             Attribution.cardholder,
         ).where(
             Attribution.merchant_id == merchant_id,
-            Attribution.model == DEFAULT_MODEL,
+            Attribution.model == model,
             Attribution.status == "active",
             Attribution.purchased_at >= start,
             Attribution.purchased_at < end,

@@ -2,7 +2,8 @@
 
 Off-platform revenue is card transactions at the merchant's MIDs attributed to an offer by
 commerce/attribution. That package registers a source here with `register_off_platform`: a
-function that answers, for one merchant and a UTC window, the attributed purchases as rows of
+function that answers, for one merchant, a UTC window and an attribution model
+(`last_touch`, `first_touch` or `linear`), the attributed purchases as rows of
 (offer_id, conversation_id, currency, window, amount, cardholder), where `window` names the
 attribution rule that matched (e.g. "click_7d", "view_1d") and `cardholder` is any stable
 key of the card's holder (it is used only to count distinct cardholders for suppression and
@@ -30,7 +31,8 @@ class AttributedPurchase:
     cardholder: str
 
 
-OffPlatformSource = Callable[[Session, str, datetime, datetime], Iterable[AttributedPurchase]]
+#: (session, merchant id, start, end, model) -> the purchases credited under that model.
+OffPlatformSource = Callable[[Session, str, datetime, datetime, str], Iterable[AttributedPurchase]]
 
 _source: OffPlatformSource | None = None
 

@@ -271,7 +271,12 @@ class _OffPlatform:
 
 
 def attribution_report(
-    session: Session, query: Query, *, min_cardholders: int, limit: int = 100
+    session: Session,
+    query: Query,
+    *,
+    min_cardholders: int,
+    limit: int = 100,
+    model: str = "last_touch",
 ) -> dict[str, Any]:
     """Attributed revenue by offer: in chat (each paid sale belongs to its own offer and
     conversation) and off platform (card transactions attributed by commerce/attribution),
@@ -299,7 +304,7 @@ def attribution_report(
     in_chat.sort(key=lambda r: (-r["revenue"], r["offer_id"]))
 
     source = seam.off_platform_source()
-    off = _off_platform(session, query, source) if source is not None else _OffPlatform()
+    off = _off_platform(session, query, source, model) if source is not None else _OffPlatform()
     off_rows, off_totals = _suppressed(off, min_cardholders)
 
     shown = in_chat[:limit]
@@ -326,13 +331,15 @@ def attribution_report(
     }
 
 
-def _off_platform(session: Session, query: Query, source: seam.OffPlatformSource) -> _OffPlatform:
+def _off_platform(
+    session: Session, query: Query, source: seam.OffPlatformSource, model: str
+) -> _OffPlatform:
     holders: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     values: dict[tuple[str, str, str], dict[str, int]] = defaultdict(
         lambda: {"count": 0, "revenue": 0}
     )
     result = _OffPlatform()
-    for p in source(session, query.merchant_id, query.window.start, query.window.end):
+    for p in source(session, query.merchant_id, query.window.start, query.window.end, model):
         key = (p.currency, p.offer_id, p.window)
         holders[key].add(p.cardholder)
         values[key]["count"] += 1

@@ -64,3 +64,42 @@ def test_the_report_shows_off_platform_revenue_only_above_k_cardholders(db, clie
     # ... while the merchant's total over six cardholders is shown.
     (usd,) = report["totals"]["by_currency"]
     assert (usd["currency"], usd["revenue"], usd["suppressed"]) == ("USD", 6000, False)
+
+
+def test_the_report_credits_under_the_model_asked_for(db, client):
+    from commerce.attribution import reports
+
+    shop = open_shop(db, client)
+    customer = CustomerFactory(channel="messenger", channel_user_id="psid_1")
+    conversation = ConversationFactory(merchant_id=shop.merchant_id, customer_id=customer.id)
+    first = OfferFactory(conversation=conversation, merchant_id=shop.merchant_id)
+    last = OfferFactory(conversation=conversation, merchant_id=shop.merchant_id)
+    db.flush()
+    for an_offer, hours in ((first, 5), (last, 1)):
+        record_touchpoint(
+            db,
+            merchant_id=shop.merchant_id,
+            offer_id=an_offer.id,
+            kind="clicked",
+            occurred_at=NOW - timedelta(hours=hours),
+        )
+    shop.card("authorized", 1001, at=NOW)
+    reconciliation.reconcile(db, Scope.period(NOW - timedelta(days=1), NOW + timedelta(days=1)))
+    engine.attribute(db, [(shop.partner_id, "cust_1")])
+
+    def credited(model):
+        rows = reports.attributed_purchases(
+            db, shop.merchant_id, NOW - timedelta(days=1), NOW + timedelta(days=1), model
+        )
+        return sorted((p.offer_id, p.amount) for p in rows)
+
+    assert credited("last_touch") == [(last.id, 1001)]
+    assert credited("first_touch") == [(first.id, 1001)]
+    assert credited("linear") == sorted([(first.id, 500), (last.id, 501)])
+    headers = bearer(issue_key(db, role="merchant", merchant_id=shop.merchant_id)[1])
+    answer = client.get("/v1/reports/attribution?model=linear", headers=headers)
+    assert answer.status_code == 200, answer.json
+    assert client.get("/v1/reports/attribution?model=best", headers=headers).status_code in (
+        400,
+        422,
+    )

@@ -117,7 +117,7 @@ def off_platform():
     """Attributed card purchases, standing in for commerce/attribution's reader in this test."""
     purchases: list[AttributedPurchase] = []
 
-    def source(session, merchant_id, start, end):
+    def source(session, merchant_id, start, end, model="last_touch"):
         return list(purchases)
 
     previous = attribution.off_platform_source()
