@@ -32,7 +32,7 @@ from sqlalchemy import text
 from tests.conftest import STRIPE_WEBHOOK_SECRETS
 from tests.reliability.conftest import SEED, Prepared, Suite
 from tests.support.signing import body_of, stripe_headers
-from tests.support.stream import Api
+from tests.support.stream import Api, wait_until_settled
 from tests.support.stripe_server import StripeServer
 
 pytestmark = pytest.mark.reliability
@@ -216,6 +216,8 @@ def test_a_checkout_racing_its_payment_webhook_counts_the_amount_once(
             assert time.monotonic() < deadline, f"{paid_sales()} of {ROUNDS} sales paid"
             time.sleep(1)
 
+        delivered = {e for events in customer.delivered.values() for e in events}
+        wait_until_settled(engine, len(delivered), timeout=300)
         with engine.connect() as connection:
             rows = connection.execute(
                 text(

@@ -6,7 +6,11 @@ stripe.py `dispute_event`) records the opening with every dispute event, at that
 duplicate. Delivered in order, the opening has the creation's time: the history depends on
 the delivery order (and the fold, which orders facts after payment by their time, may too).
 
-A fix: record the opening at the dispute object's own `created`, whichever event brings it.
+Refunds have the same fault: a `charge.refunded` that lists an earlier refund and arrives
+before that refund's own `refund.created` records the refund at its own, later, time.
+
+A fix: record the opening at the dispute object's own `created` (a refund at the refund's),
+whichever event brings it.
 Marked xfail(strict): drop the marker once fixed.
 """
 
