@@ -51,7 +51,7 @@ def _bearer() -> str:
     return token.strip()
 
 
-def _current_key(role: str) -> ApiKey:
+def _current_key(*roles: str) -> ApiKey:
     key = authenticate(db(), _bearer())
     if key is None:
         raise AuthError(
@@ -60,8 +60,8 @@ def _current_key(role: str) -> ApiKey:
             "The API key is not valid.",
             {"WWW-Authenticate": 'Bearer realm="chatledger", error="invalid_token"'},
         )
-    if key.role != role:
-        raise AuthError(403, "forbidden", f"This operation needs an {role} key.")
+    if key.role not in roles:
+        raise AuthError(403, "forbidden", f"This operation needs an {' or '.join(roles)} key.")
     _rate_limit(key)
     g.api_key = key
     return key
@@ -96,12 +96,12 @@ def merchant_id() -> str:
     return g.api_key.merchant_id
 
 
-def _guarded(role: str) -> Callable[[F], F]:
+def _guarded(*roles: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = _current_key(role)
-            if role != OPERATOR:
+            key = _current_key(*roles)
+            if key.role != OPERATOR:
                 return view(*args, **kwargs)
             # Every operator action is audited, in the same transaction as its effect.
             response = current_app.make_response(view(*args, **kwargs))
@@ -124,6 +124,13 @@ def _guarded(role: str) -> Callable[[F], F]:
 
 merchant_only = _guarded(MERCHANT)
 operator_only = _guarded(OPERATOR)
+#: For the few routes both serve (SPEC section 8): a merchant's key reaches its own objects,
+#: the operator's every merchant's (and is audited).
+merchant_or_operator = _guarded(MERCHANT, OPERATOR)
+
+
+def is_operator() -> bool:
+    return g.api_key.role == OPERATOR
 
 
 def _redacted(body: Any, secrets: tuple[str, ...]) -> Any:

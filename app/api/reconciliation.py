@@ -13,9 +13,17 @@ from sqlalchemy import select
 from app.api import Blueprint
 from app.api.csvfile import csv_file, wants_csv
 from app.api.fields import PageQuerySchema, Text, Timestamp, page_of
-from app.auth import BEARER, idempotent, merchant_id, merchant_only
+from app.auth import (
+    BEARER,
+    idempotent,
+    is_operator,
+    merchant_id,
+    merchant_only,
+    merchant_or_operator,
+)
 from app.web import db
 from commerce.db import after_commit
+from commerce.errors import NotFound
 from commerce.pagination import paginate
 from commerce.reconciliation import services
 from commerce.reconciliation.models import (
@@ -55,6 +63,7 @@ class MatchSchema(Schema):
 
 class ExceptionSchema(Schema):
     id = fields.String()
+    merchant_id = fields.String()
     type = fields.String(metadata={"enum": list(EXCEPTION_TYPES)})
     status = fields.String(metadata={"enum": list(EXCEPTION_STATUSES)})
     subject_key = fields.String(
@@ -87,6 +96,11 @@ class ExceptionQuerySchema(PageQuerySchema):
     )
     from_ = Timestamp(data_key="from", load_default=None)
     to = Timestamp(load_default=None)
+    merchant_id = fields.String(
+        load_default=None,
+        validate=validate.Length(max=32),
+        metadata={"description": "The operator's filter; a merchant's key ignores it."},
+    )
 
 
 class AcknowledgeSchema(Schema):
@@ -111,10 +125,19 @@ class SettingsSchema(Schema):
 class RunCreateSchema(Schema):
     from_ = Timestamp(data_key="from", required=True)
     to = Timestamp(required=True)
+    merchant_id = fields.String(
+        load_default=None,
+        validate=validate.Length(max=32),
+        metadata={
+            "description": "The operator's choice of one merchant (every merchant if left"
+            " out); a merchant's key ignores it and runs its own."
+        },
+    )
 
 
 class RunSchema(Schema):
     id = fields.String()
+    merchant_id = fields.String(allow_none=True, metadata={"description": "None: every merchant."})
     status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed"]})
     from_ = Timestamp(data_key="from", attribute="period_start")
     to = Timestamp(attribute="period_end")
@@ -167,9 +190,15 @@ def _csv_rows(query: Any) -> Any:
         ]
 
 
+def _scope(requested: str | None = None) -> str | None:
+    """Whose objects the key reaches: a merchant's own, always (a `merchant_id` it sends is
+    not trusted); the operator's, the merchant it names, or every merchant."""
+    return requested if is_operator() else merchant_id()
+
+
 @blp.route("/exceptions")
 class Exceptions(MethodView):
-    @merchant_only
+    @merchant_or_operator
     @blp.arguments(ExceptionQuerySchema, location="query")
     @blp.response(200, page_of(ExceptionSchema))
     @blp.alt_response(200, content_type="text/csv", description="With `Accept: text/csv`.")
@@ -179,7 +208,7 @@ class Exceptions(MethodView):
         the period in which what they are about happened. `Accept: text/csv` answers every
         matching exception (up to 100,000) as CSV, without pages."""
         statement = services.exceptions_query(
-            merchant_id(),
+            _scope(query["merchant_id"]),
             types=query["type"],
             statuses=query["status"],
             start=query["from_"],
@@ -200,12 +229,12 @@ class Exceptions(MethodView):
 
 @blp.route("/exceptions/<exception_id>")
 class ExceptionById(MethodView):
-    @merchant_only
+    @merchant_or_operator
     @blp.response(200, ExceptionSchema)
     @blp.doc(security=BEARER)
     def get(self, exception_id: str) -> Any:
         """One exception."""
-        return services.get_exception(db(), merchant_id(), exception_id)
+        return services.get_exception(db(), _scope(), exception_id)
 
 
 @blp.route("/exceptions/<exception_id>/acknowledge")
@@ -242,33 +271,39 @@ class Settings(MethodView):
 
 @blp.route("/runs")
 class Runs(MethodView):
-    @merchant_only
+    @merchant_or_operator
     @idempotent
     @blp.arguments(RunCreateSchema)
     @blp.response(202, RunSchema)
     @blp.doc(security=BEARER)
     def post(self, data: dict[str, Any]) -> Any:
         """Reconcile the merchant's sales and card data of a period (at most 366 days) as a
-        batch. Accepted at once and run by the worker; running it again changes nothing."""
+        batch, then attribute its off-platform purchases. Accepted at once and run by the
+        worker; running it again changes nothing. The operator may run every merchant."""
+        from commerce.merchants.models import Merchant
         from commerce.reconciliation.tasks import run_batch
 
         session = db()
-        run = services.create_run(
-            session, merchant_id=merchant_id(), start=data["from_"], end=data["to"]
-        )
+        scope = _scope(data["merchant_id"])
+        if scope is not None and session.get(Merchant, scope) is None:
+            raise NotFound("merchant")
+        run = services.create_run(session, merchant_id=scope, start=data["from_"], end=data["to"])
         run_id = run.id
         after_commit(session, lambda: run_batch.delay(run_id))
         return run
 
-    @merchant_only
+    @merchant_or_operator
     @blp.arguments(PageQuerySchema, location="query")
     @blp.response(200, page_of(RunSchema))
     @blp.doc(security=BEARER)
     def get(self, query: dict[str, Any]) -> Any:
-        """The merchant's runs, newest first."""
+        """The merchant's runs (the operator: every run), newest first."""
+        statement = select(ReconciliationRun)
+        if not is_operator():
+            statement = statement.where(ReconciliationRun.merchant_id == merchant_id())
         page = paginate(
             db(),
-            select(ReconciliationRun).where(ReconciliationRun.merchant_id == merchant_id()),
+            statement,
             created_at=ReconciliationRun.created_at,
             id_=ReconciliationRun.id,
             limit=query["limit"],
@@ -279,9 +314,9 @@ class Runs(MethodView):
 
 @blp.route("/runs/<run_id>")
 class RunById(MethodView):
-    @merchant_only
+    @merchant_or_operator
     @blp.response(200, RunSchema)
     @blp.doc(security=BEARER)
     def get(self, run_id: str) -> Any:
         """A run, with its summary once it has finished."""
-        return services.get_run(db(), merchant_id(), run_id)
+        return services.get_run(db(), _scope(), run_id)

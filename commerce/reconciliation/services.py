@@ -72,7 +72,7 @@ def update_settings(session: Session, merchant_id: str, **changes: Any) -> dict[
 
 
 def exceptions_query(
-    merchant_id: str,
+    merchant_id: str | None,
     *,
     types: Sequence[str] = (),
     statuses: Sequence[str] = (),
@@ -80,17 +80,17 @@ def exceptions_query(
     end: datetime | None = None,
     sale_id: str | None = None,
 ) -> Select[Any]:
-    """The merchant's exceptions, filtered; `start`/`end` bound when what each is about
-    happened (`opened_at`)."""
+    """The merchant's exceptions (every merchant's for None: the operator), filtered;
+    `start`/`end` bound when what each is about happened (`opened_at`)."""
     for value in types:
         if value not in EXCEPTION_TYPES:
             raise InvalidInput({"type": [f"Must be one of {', '.join(EXCEPTION_TYPES)}."]})
     for value in statuses:
         if value not in EXCEPTION_STATUSES:
             raise InvalidInput({"status": [f"Must be one of {', '.join(EXCEPTION_STATUSES)}."]})
-    query = select(ReconciliationException).where(
-        ReconciliationException.merchant_id == merchant_id
-    )
+    query = select(ReconciliationException)
+    if merchant_id is not None:
+        query = query.where(ReconciliationException.merchant_id == merchant_id)
     if types:
         query = query.where(ReconciliationException.type.in_(types))
     if statuses:
@@ -104,9 +104,12 @@ def exceptions_query(
     return query
 
 
-def get_exception(session: Session, merchant_id: str, exception_id: str) -> ReconciliationException:
+def get_exception(
+    session: Session, merchant_id: str | None, exception_id: str
+) -> ReconciliationException:
+    """One exception of the merchant's (of any merchant's for None: the operator)."""
     row = session.get(ReconciliationException, exception_id)
-    if row is None or row.merchant_id != merchant_id:
+    if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
         raise NotFound("exception")
     return row
 
@@ -197,9 +200,10 @@ def create_run(
     return run
 
 
-def get_run(session: Session, merchant_id: str, run_id: str) -> ReconciliationRun:
+def get_run(session: Session, merchant_id: str | None, run_id: str) -> ReconciliationRun:
+    """One run of the merchant's (any run for None: the operator)."""
     run = session.get(ReconciliationRun, run_id)
-    if run is None or run.merchant_id != merchant_id:
+    if run is None or (merchant_id is not None and run.merchant_id != merchant_id):
         raise NotFound("run")
     return run
 

@@ -169,3 +169,50 @@ def test_another_merchant_sees_none_of_it(shop, client, db):
         headers=headers,
     )
     assert answer.status_code == 404
+
+
+def test_the_operator_reads_every_merchants_exceptions_and_runs_them_all(shop, client, db):
+    from tests.helpers import OPERATOR
+
+    shop.card("authorized", 990)
+    reconcile(shop)
+    everything = client.get("/v1/reconciliation/exceptions", headers=OPERATOR).json["data"]
+    assert shop.merchant_id in {e["merchant_id"] for e in everything}
+    mine = client.get(
+        "/v1/reconciliation/exceptions",
+        query_string={"merchant_id": shop.merchant_id},
+        headers=OPERATOR,
+    ).json["data"]
+    assert {e["merchant_id"] for e in mine} == {shop.merchant_id}
+    one = client.get(f"/v1/reconciliation/exceptions/{mine[0]['id']}", headers=OPERATOR)
+    assert one.status_code == 200
+
+    all_merchants = client.post(
+        "/v1/reconciliation/runs",
+        json={"from": "2026-09-01T00:00:00Z", "to": "2026-10-01T00:00:00Z"},
+        headers=OPERATOR,
+    )
+    assert all_merchants.status_code == 202, all_merchants.json
+    assert all_merchants.json["merchant_id"] is None
+    unknown = client.post(
+        "/v1/reconciliation/runs",
+        json={"from": "2026-09-01T00:00:00Z", "to": "2026-10-01T00:00:00Z", "merchant_id": "mer_x"},
+        headers=OPERATOR,
+    )
+    assert unknown.status_code == 404
+    # A merchant's key cannot run another merchant: the merchant_id it sends is not trusted.
+    own = client.post(
+        "/v1/reconciliation/runs",
+        json={"from": "2026-09-01T00:00:00Z", "to": "2026-10-01T00:00:00Z", "merchant_id": "mer_x"},
+        headers=bearer(shop.key_secret),
+    )
+    assert own.status_code == 202
+    assert own.json["merchant_id"] == shop.merchant_id
+    assert (
+        client.post(
+            f"/v1/reconciliation/exceptions/{mine[0]['id']}/acknowledge",
+            json={"note": "operator"},
+            headers=OPERATOR,
+        ).status_code
+        == 403
+    )
