@@ -76,6 +76,12 @@ class SaleSummarySchema(Schema):
     updated_at = Timestamp()
 
 
+class SaleAttributionSchema(Schema):
+    channel = fields.String(metadata={"enum": ["in_chat"]})
+    offer_id = fields.String()
+    conversation_id = fields.String()
+
+
 class SaleResponseSchema(SaleSummarySchema):
     events = fields.List(fields.Nested(SaleEventSchema))
     refunds = fields.List(fields.Nested(RefundResponseSchema))
@@ -87,17 +93,35 @@ class SaleResponseSchema(SaleSummarySchema):
         },
     )
 
+    attribution = fields.Nested(
+        SaleAttributionSchema,
+        allow_none=True,
+        metadata={
+            "description": "A sale made in the chat is attributed to its own offer and"
+            " conversation, once it is paid; null before."
+        },
+    )
+
     @pre_dump
     def _with_reconciliation(self, sale: Sale, **_: Any) -> Any:
         return _Reconciled(sale, sale_reconciliation(db(), sale))
 
 
 class _Reconciled:
-    """A sale as dumped: its own attributes, and its reconciliation."""
+    """A sale as dumped: its own attributes, its reconciliation and its attribution."""
 
     def __init__(self, sale: Sale, reconciliation: dict[str, Any]) -> None:
         self._sale = sale
         self.reconciliation = reconciliation
+        self.attribution = (
+            {
+                "channel": "in_chat",
+                "offer_id": sale.offer_id,
+                "conversation_id": sale.conversation_id,
+            }
+            if sale.amount_captured > 0
+            else None
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sale, name)

@@ -41,7 +41,13 @@ def test_a_sale_shows_its_status_matches_and_exceptions(shop, client):
     reconcile(shop)
     headers = bearer(shop.key_secret)
 
-    body = client.get(f"/v1/sales/{good.id}", headers=headers).json["reconciliation"]
+    answer = client.get(f"/v1/sales/{good.id}", headers=headers).json
+    assert answer["attribution"] == {
+        "channel": "in_chat",
+        "offer_id": good.offer_id,
+        "conversation_id": good.conversation_id,
+    }
+    body = answer["reconciliation"]
     assert body["status"] == "reconciled"
     assert body["exceptions"] == []
     assert {(m["kind"], m["source_key"], m["rule"]) for m in body["matches"]} == {
@@ -62,9 +68,11 @@ def test_a_sale_shows_its_status_matches_and_exceptions(shop, client):
 def test_exceptions_filter_page_and_export_as_csv(shop, client):
     for i in range(3):
         shop.card("authorized", 100 + i, at=T0 + timedelta(hours=i))
+    unpaid = shop.sale(1250, charges=(), last4=None)
     shop.sale(1250, charges=("ch_a", "ch_b"), last4=None)
     reconcile(shop)
     headers = bearer(shop.key_secret)
+    assert client.get(f"/v1/sales/{unpaid.id}", headers=headers).json["attribution"] is None
 
     first = client.get(
         "/v1/reconciliation/exceptions?type=orphan_transaction&limit=2", headers=headers
