@@ -128,20 +128,27 @@ WITH ranked AS (
     SELECT 'first_touch', r.*, 1, amount, 1, 0 FROM ranked r WHERE n = 1
     UNION ALL
     SELECT 'linear', r.*, round(1.0 / touches, 6), amount, touches, n - 1 FROM ranked r
+), spans AS (
+    SELECT DISTINCT pkey, at, return_days FROM at_touch
+), refunds AS (
+    SELECT s.pkey, s.return_days, sum(f.amount) AS refunds
+      FROM spans s
+      JOIN at_card f ON f.kind = 'refunded'
+                    AND f.partner_id || ':' || f.original_transaction_id = s.pkey
+                    AND f.occurred_at <= s.at + make_interval(days => s.return_days)
+     GROUP BY 1, 2
+), reversals AS (
+    SELECT DISTINCT s.pkey, s.return_days
+      FROM spans s
+      JOIN at_card f ON f.kind = 'reversed'
+                    AND f.partner_id || ':' || coalesce(f.original_transaction_id,
+                                                        f.transaction_id) = s.pkey
+                    AND f.occurred_at <= s.at + make_interval(days => s.return_days)
 ), back AS (
-    SELECT c.*,
-           coalesce((SELECT sum(f.amount) FROM at_card f
-                      WHERE f.kind = 'refunded' AND f.partner_id = split_part(c.pkey, ':', 1)
-                        AND f.original_transaction_id = substr(c.pkey, strpos(c.pkey, ':') + 1)
-                        AND f.occurred_at <= c.at + make_interval(days => c.return_days)), 0)
-             AS refunds,
-           EXISTS (SELECT 1 FROM at_card f
-                    WHERE f.kind = 'reversed' AND f.partner_id = split_part(c.pkey, ':', 1)
-                      AND coalesce(f.original_transaction_id, f.transaction_id)
-                          = substr(c.pkey, strpos(c.pkey, ':') + 1)
-                      AND f.occurred_at <= c.at + make_interval(days => c.return_days))
-             AS reversed
+    SELECT c.*, coalesce(r.refunds, 0) AS refunds, v.pkey IS NOT NULL AS reversed
       FROM credits c
+      LEFT JOIN refunds r ON r.pkey = c.pkey AND r.return_days = c.return_days
+      LEFT JOIN reversals v ON v.pkey = c.pkey AND v.return_days = c.return_days
 )
 SELECT model, merchant_id, pkey, row_id, offer_id, conversation_id, touchpoint_id, touch_kind,
        win, weight, currency, at AS purchased_at, touched_at, cardholder,

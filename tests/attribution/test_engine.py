@@ -203,3 +203,19 @@ def test_the_merchants_default_windows_apply_where_an_offer_sets_none(shop, clie
     shop.card("authorized", 900, at=T0)
     run(shop)
     assert credits(shop) == []
+
+
+def test_each_credit_takes_back_under_its_own_offers_return_period(shop):
+    short = offer(shop, return_period_days=7)
+    long = offer(shop, return_period_days=14)
+    touch(shop, short, "clicked", T0 - timedelta(hours=2))
+    touch(shop, long, "clicked", T0 - timedelta(hours=1))
+    txn = shop.card("authorized", 1000, at=T0)
+    shop.card("refunded", 1000, txn="rf", original=txn, at=T0 + timedelta(days=10))
+    run(shop)
+    assert credits(shop, "linear") == sorted(
+        [
+            ("linear", short.id, "click_7d", 500, 0, "active"),
+            ("linear", long.id, "click_7d", 500, 500, "taken_back"),
+        ]
+    )
