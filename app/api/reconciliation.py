@@ -23,7 +23,7 @@ from app.auth import (
 )
 from app.web import db
 from commerce.db import after_commit
-from commerce.errors import NotFound
+from commerce.errors import InvalidInput, NotFound
 from commerce.pagination import paginate
 from commerce.reconciliation import services
 from commerce.reconciliation.models import (
@@ -99,7 +99,7 @@ class ExceptionQuerySchema(PageQuerySchema):
     merchant_id = fields.String(
         load_default=None,
         validate=validate.Length(max=32),
-        metadata={"description": "The operator's filter; a merchant's key ignores it."},
+        metadata={"description": "The operator's filter; refused from a merchant's key."},
     )
 
 
@@ -130,7 +130,7 @@ class RunCreateSchema(Schema):
         validate=validate.Length(max=32),
         metadata={
             "description": "The operator's choice of one merchant (every merchant if left"
-            " out); a merchant's key ignores it and runs its own."
+            " out); refused from a merchant's key, which runs its own."
         },
     )
 
@@ -191,9 +191,14 @@ def _csv_rows(query: Any) -> Any:
 
 
 def _scope(requested: str | None = None) -> str | None:
-    """Whose objects the key reaches: a merchant's own, always (a `merchant_id` it sends is
-    not trusted); the operator's, the merchant it names, or every merchant."""
-    return requested if is_operator() else merchant_id()
+    """Whose objects the key reaches: a merchant's own, always; the operator's, the merchant
+    it names, or every merchant. A merchant key naming a merchant is refused: the key
+    decides, never the request."""
+    if is_operator():
+        return requested
+    if requested is not None:
+        raise InvalidInput({"merchant_id": ["Only the operator names a merchant."]})
+    return merchant_id()
 
 
 @blp.route("/exceptions")

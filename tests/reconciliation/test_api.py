@@ -208,12 +208,16 @@ def test_the_operator_reads_every_merchants_exceptions_and_runs_them_all(shop, c
         headers=OPERATOR,
     )
     assert unknown.status_code == 404
-    # A merchant's key cannot run another merchant: the merchant_id it sends is not trusted.
-    own = client.post(
+    # A merchant's key runs its own; naming a merchant is the operator's alone.
+    period = {"from": "2026-09-01T00:00:00Z", "to": "2026-10-01T00:00:00Z"}
+    named = client.post(
         "/v1/reconciliation/runs",
-        json={"from": "2026-09-01T00:00:00Z", "to": "2026-10-01T00:00:00Z", "merchant_id": "mer_x"},
+        json={**period, "merchant_id": shop.merchant_id},
         headers=bearer(shop.key_secret),
     )
+    assert named.status_code == 400
+    assert "merchant_id" in named.json["errors"]
+    own = client.post("/v1/reconciliation/runs", json=period, headers=bearer(shop.key_secret))
     assert own.status_code == 202
     assert own.json["merchant_id"] == shop.merchant_id
     assert (
