@@ -98,7 +98,19 @@ PARTNER_IDENTIFIERS = paths(
     "data.chat.user_id",
 )
 #: Ids the chat platform assigns (page-scoped user ids, page ids) and its millisecond clock.
-CHAT_IDENTIFIERS = paths("sender.id", "recipient.id", "timestamp")
+#: Ids the chat platform assigns: kept as sent, even where their digits pass the Luhn check,
+#: since a message id is what makes two messages two events.
+CHAT_IDENTIFIERS = paths(
+    "sender.id",
+    "recipient.id",
+    "timestamp",
+    "message.mid",
+    "message.reply_to.mid",
+    "postback.mid",
+    "reaction.mid",
+    "read.mid",
+    "delivery.mid",
+)
 
 
 def _settings() -> Any:

@@ -1,17 +1,9 @@
-"""A product bug the stream found: when Stripe's `charge.dispute.closed` is delivered before
-`charge.dispute.created` (reordered, as Stripe does not promise order), the sale's history
-records the dispute's opening at the close's time. The Stripe handler (webhooks/handlers/
-stripe.py `dispute_event`) records the opening with every dispute event, at that event's
-`created`; the first one delivered wins, and the later `charge.dispute.created` is a
-duplicate. Delivered in order, the opening has the creation's time: the history depends on
-the delivery order (and the fold, which orders facts after payment by their time, may too).
-
-Refunds have the same fault: a `charge.refunded` that lists an earlier refund and arrives
-before that refund's own `refund.created` records the refund at its own, later, time.
-
-A fix: record the opening at the dispute object's own `created` (a refund at the refund's),
-whichever event brings it.
-Marked xfail(strict): drop the marker once fixed.
+"""Stripe does not promise order: a `charge.dispute.closed` delivered before
+`charge.dispute.created` must still record the dispute's opening at the dispute's own
+creation, as delivery in order does, so the sale's history does not depend on the order
+(the fold orders facts after payment by their time). The Stripe handler records the opening
+(and a refund) at the object's own `created`, whichever event brings it. The stream found
+this when the opening took the first delivered event's time.
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ from tests.support.stream import deliver
 pytestmark = pytest.mark.reliability
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the opening takes the close's time")
 def test_a_dispute_closed_before_it_is_created_opens_at_its_creation(
     suite: Suite, prepared: Prepared
 ):

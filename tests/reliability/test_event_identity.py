@@ -1,14 +1,8 @@
-"""A product bug the stream found: the chat door takes a message's id after masking card
-numbers in the item, so two different messages whose ids hold a Luhn-valid run of digits
-with the same last four collapse into one inbox key. The second is answered 200 as a
-`duplicate` of the first and is never processed (its touchpoint, its answer to a fraud alert,
-its request for balances are lost).
-
-Meta's message ids are opaque strings; `m_` followed by base64-like text can hold such a run.
-Marked xfail(strict): it fails today and will report XPASS, failing the suite, once fixed
-(then drop the marker). A fix: take the id from the item before scrubbing, or list
-`message.mid` / `postback.mid` among the chat door's identifiers (webhooks/receive.py
-`CHAT_IDENTIFIERS`), or keep a keyed hash of an id that had to be masked.
+"""Two chat messages are two events, even when their ids hold a Luhn-valid run of digits
+with the same last four: the chat door keeps the platform's message ids as sent
+(webhooks/receive.py `CHAT_IDENTIFIERS`) and keys the inbox by them. The stream found this
+when ids were masked like card numbers before being used as keys, and the second message
+was answered as a duplicate and never processed.
 """
 
 from __future__ import annotations
@@ -26,11 +20,6 @@ pytestmark = pytest.mark.reliability
 RUNS = ("4111111111111111", "4242424242041111")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the chat door masks card-like digits in message ids before using them as keys",
-)
 def test_two_chat_messages_with_card_like_ids_are_two_events(suite: Suite, prepared: Prepared):
     service = suite.service("ids", workers=0, beat=False).start()
     http = requests.Session()

@@ -36,6 +36,15 @@ def _when(event: Obj) -> datetime:
     return datetime.fromtimestamp(int(event["created"]), UTC)
 
 
+def _created(obj: Obj, event: Obj) -> datetime:
+    """When the object itself came to be at Stripe (a refund, a dispute): the same whichever
+    of its events arrives first; the event's time if the object does not say."""
+    created = obj.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        return datetime.fromtimestamp(created, UTC)
+    return _when(event)
+
+
 def _id(value: Any) -> str | None:
     """Stripe fields hold an id, or the object itself when expanded."""
     if isinstance(value, dict):
@@ -162,7 +171,7 @@ def _apply_refund(session: Session, event: Obj, refund: Obj) -> None:
         status=refund.get("status") or "pending",
         amount=from_stripe_amount(int(refund["amount"]), sale.currency),
         failure_reason=refund.get("failure_reason"),
-        occurred_at=_when(event),
+        occurred_at=_created(refund, event),
     )
 
 
@@ -189,7 +198,7 @@ def dispute_event(session: Session, event: Obj, dispute: Obj) -> None:
     when = _when(event)
     amount = from_stripe_amount(int(dispute.get("amount") or 0), sale.currency)
     # Opening is recorded by every dispute event, so a close that arrives first still has
-    # its opening; the second time it is a duplicate.
+    # its opening, at the dispute's own creation; the second time it is a duplicate.
     record_event(
         session,
         sale,
@@ -197,7 +206,7 @@ def dispute_event(session: Session, event: Obj, dispute: Obj) -> None:
         source="stripe",
         source_ref=dispute["id"],
         amount=amount,
-        occurred_at=when,
+        occurred_at=_created(dispute, event),
     )
     status = dispute.get("status")
     closing = {"won": EventKind.DISPUTE_WON, "lost": EventKind.DISPUTE_LOST}.get(status or "")
