@@ -57,7 +57,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common import DEFAULT_DATABASE_URL, RESULTS, fresh_database, machine_info, with_database
+from common import (
+    DEFAULT_DATABASE_URL,
+    RESULTS,
+    drop_secondary_indexes,
+    fresh_database,
+    machine_info,
+    with_database,
+)
 
 MERCHANTS = 100
 PERIOD_START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -380,18 +387,7 @@ def generate(engine: Any, purchases: int, touchpoints: int) -> dict[str, float]:
     rebuilt: list[str] = []
     with engine.begin() as connection:
         for table in BIG_TABLES:
-            for name, definition in connection.execute(
-                text(
-                    "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index AS x"
-                    " JOIN pg_class AS i ON i.oid = x.indexrelid"
-                    " WHERE x.indrelid = CAST(:t AS regclass) AND NOT x.indisprimary"
-                    " AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c"
-                    " WHERE c.conindid = x.indexrelid)"
-                ),
-                {"t": table},
-            ).all():
-                connection.execute(text(f'DROP INDEX "{name}"'))
-                rebuilt.append(definition)
+            rebuilt += drop_secondary_indexes(connection, table)
     sizes = {"once": 1, "holders": holders, "purchases": purchases, "touchpoints": touchpoints}
     for name, unit, sql in STEPS:
         total = sizes[unit]

@@ -537,6 +537,27 @@ def fresh_database(base_url: str) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
+def drop_secondary_indexes(connection: Any, table: str) -> list[str]:
+    """Drop `table`'s indexes that are neither its primary key nor behind a constraint, for a
+    bulk load, and return their definitions so the caller can build them again after it."""
+    from sqlalchemy import text
+
+    definitions = []
+    for name, definition in connection.execute(
+        text(
+            "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index AS x"
+            " JOIN pg_class AS i ON i.oid = x.indexrelid"
+            " WHERE x.indrelid = CAST(:t AS regclass) AND NOT x.indisprimary"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c"
+            " WHERE c.conindid = x.indexrelid)"
+        ),
+        {"t": table},
+    ).all():
+        connection.execute(text(f'DROP INDEX "{name}"'))
+        definitions.append(definition)
+    return definitions
+
+
 def prepare_database(url: str, operator_key: str) -> None:
     """Apply the migrations and register the operator key, as `chatledger run` does."""
     import migrations

@@ -52,6 +52,7 @@ from common import (
     Gunicorn,
     call,
     created,
+    drop_secondary_indexes,
     fresh_database,
     machine_info,
     prepare_database,
@@ -114,18 +115,7 @@ def generate(engine: Any, big: str, sales: int, days: int) -> dict[str, float]:
             ).all():
                 connection.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
                 rebuilt.append(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
-            for name, definition in connection.execute(
-                text(
-                    "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index AS x"
-                    " JOIN pg_class AS i ON i.oid = x.indexrelid"
-                    " WHERE x.indrelid = CAST(:t AS regclass) AND NOT x.indisprimary"
-                    " AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c"
-                    " WHERE c.conindid = x.indexrelid)"
-                ),
-                {"t": table},
-            ).all():
-                connection.execute(text(f'DROP INDEX "{name}"'))
-                rebuilt.append(definition)
+            rebuilt += drop_secondary_indexes(connection, table)
 
     log(f"merchants, {customers:,} customers, {conversations:,} conversations")
     step(
