@@ -79,15 +79,15 @@ class AgreementResponseSchema(Schema):
 
 
 class ConsentCardSchema(Schema):
-    token = fields.String(load_default=None, validate=validate.Length(max=128))
-    par = fields.String(load_default=None, validate=validate.Length(max=64))
-    brand = fields.String(load_default=None, validate=validate.Length(max=20))
+    token = Text(load_default=None, allow_none=True, min_length=0, max_length=128)
+    par = Text(load_default=None, allow_none=True, min_length=0, max_length=64)
+    brand = Text(load_default=None, allow_none=True, min_length=0, max_length=20)
     last4 = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9]{4}$"))
 
 
 class ConsentChatSchema(Schema):
-    channel = fields.String(required=True, validate=validate.Length(max=20))
-    user_id = fields.String(required=True, validate=validate.Length(max=128))
+    channel = Text(required=True, min_length=0, max_length=20)
+    user_id = Text(required=True, min_length=0, max_length=128)
 
 
 class ConsentCreateSchema(Schema):

@@ -44,6 +44,7 @@ STATEFUL_RULES = {
     "customer_user_id": "a thread already open with another customer",
     "url": "an http(s) URL on a public address",
     "mids": "a MID already registered to a merchant",
+    "chat_pages": "a chat page already registered to a merchant",
     "ends_at": "an agreement's end after its start",
     "to": "a period's end after its start, and a period of at most a year",
     # Depends on the key, which the document states in words: the operator's alone.
