@@ -60,6 +60,7 @@ from typing import Any
 from common import (
     DEFAULT_DATABASE_URL,
     RESULTS,
+    build_indexes,
     drop_secondary_indexes,
     fresh_database,
     machine_info,
@@ -409,10 +410,7 @@ def generate(engine: Any, purchases: int, touchpoints: int) -> dict[str, float]:
                         )
     log(f"building {len(rebuilt)} indexes again")
     began = time.monotonic()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("SET maintenance_work_mem = '1GB'"))
-        for statement in rebuilt:
-            connection.execute(text(statement))
+    build_indexes(engine, rebuilt)
     timings["indexes"] = time.monotonic() - began
     log("VACUUM ANALYZE")
     began = time.monotonic()

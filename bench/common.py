@@ -558,6 +558,16 @@ def drop_secondary_indexes(connection: Any, table: str) -> list[str]:
     return definitions
 
 
+def build_indexes(engine: Any, statements: list[str]) -> None:
+    """Run the definitions `drop_secondary_indexes` returned, outside a transaction."""
+    from sqlalchemy import text
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SET maintenance_work_mem = '1GB'"))
+        for statement in statements:
+            connection.execute(text(statement))
+
+
 def prepare_database(url: str, operator_key: str) -> None:
     """Apply the migrations and register the operator key, as `chatledger run` does."""
     import migrations

@@ -50,6 +50,7 @@ from common import (
     HOST,
     RESULTS,
     Gunicorn,
+    build_indexes,
     call,
     created,
     drop_secondary_indexes,
@@ -191,10 +192,7 @@ def generate(engine: Any, big: str, sales: int, days: int) -> dict[str, float]:
         )
     log(f"building {len(rebuilt)} indexes and unique constraints again")
     began = time.monotonic()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("SET maintenance_work_mem = '1GB'"))
-        for statement in rebuilt:
-            connection.execute(text(statement))
+    build_indexes(engine, rebuilt)
     timings["indexes"] = time.monotonic() - began
     log("VACUUM ANALYZE")
     began = time.monotonic()

@@ -758,21 +758,6 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     )
 
 
-def reconcile_sale(
-    session: Session, sale_id: str, *, previous_last4: str | None = None
-) -> Outcome | None:
-    """The continuous path for a sale whose Stripe facts changed."""
-    row = session.execute(
-        text("SELECT merchant_id, card_last4 FROM sales WHERE id = :id"), {"id": sale_id}
-    ).one_or_none()
-    if row is None:
-        return None
-    return reconcile(
-        session,
-        Scope.items(row.merchant_id, sale_ids=[sale_id], last4s=[row.card_last4, previous_last4]),
-    )
-
-
 def sales_changed(session: Session, previous_last4: dict[str, str | None]) -> None:
     """Stripe facts of these sales changed (sale id -> the card's last four digits before
     the change): queue them, with the card group they were in, for the drain."""
@@ -897,10 +882,3 @@ def drain(session: Session, *, limit: int = 2000, as_of: datetime | None = None)
     if cardholders:
         attribution.attribute(session, cardholders)
     return len(taken)
-
-
-def reconcile_card(session: Session, merchant_id: str | None, last4: str | None) -> Outcome | None:
-    """The continuous path for a card transaction at one of the merchant's MIDs."""
-    if merchant_id is None or last4 is None:
-        return None
-    return reconcile(session, Scope.items(merchant_id, last4s=[last4]))
