@@ -537,6 +537,40 @@ def fresh_database(base_url: str) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def bench_database(
+    base_url: str, *, reuse: str | None = None, keep: bool = False
+) -> Iterator[tuple[str, str, bool]]:
+    """The benchmark's database: (name, url, fresh).
+
+    `reuse` names a database an earlier `keep` run left, data and all (fresh is False); it is
+    left as it is. Otherwise a new one is made, dropped at the end unless `keep` (a kept
+    database is still dropped if the run fails, since its data would be incomplete).
+    """
+    if reuse:
+        yield reuse, with_database(base_url, reuse), False
+        return
+    if not keep:
+        with fresh_database(base_url) as (name, url):
+            yield name, url, True
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"chatledger_bench_{secrets.token_hex(4)}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield name, with_database(base_url, name), True
+        except BaseException:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            raise
+    finally:
+        admin.dispose()
+
+
 def drop_secondary_indexes(connection: Any, table: str) -> list[str]:
     """Drop `table`'s indexes that are neither its primary key nor behind a constraint, for a
     bulk load, and return their definitions so the caller can build them again after it."""

@@ -22,8 +22,9 @@ What it does, in order:
    and checks that both give the same figures;
 5. prints a Markdown report and writes it to bench/results/.
 
-Gunicorn is stopped and the database dropped at the end (unless --keep). Nothing here
-asserts a speed.
+Gunicorn is stopped and the database dropped at the end, unless --keep. `--database NAME`
+measures again on a database an earlier --keep run left, skipping steps 1 and 3 (a new key
+is issued to its largest merchant). Nothing here asserts a speed.
 """
 
 # ruff: noqa: S608 - the SQL text is built from constants and numbers, never from input
@@ -50,11 +51,11 @@ from common import (
     HOST,
     RESULTS,
     Gunicorn,
+    bench_database,
     build_indexes,
     call,
     created,
     drop_secondary_indexes,
-    fresh_database,
     machine_info,
     prepare_database,
     server_env,
@@ -62,6 +63,7 @@ from common import (
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 ZONE = "America/New_York"
+LARGEST = "Largest merchant"
 MERCHANTS = 100
 BATCH = 2_000_000
 
@@ -217,6 +219,22 @@ def rebuild(engine: Any) -> tuple[float, int]:
     return time.monotonic() - began, rows
 
 
+def largest_merchant_key(url: str) -> tuple[str, str]:
+    """In a reused database: the largest merchant's id and a new key of its own."""
+    from sqlalchemy import select
+
+    from commerce import runtime
+    from commerce.access.services import MERCHANT, issue_key
+    from commerce.db import transaction
+    from commerce.merchants.models import Merchant
+
+    with transaction(runtime.configure_database(url)) as session:
+        big = session.scalars(select(Merchant.id).where(Merchant.name == LARGEST)).one()
+        _, secret = issue_key(session, role=MERCHANT, merchant_id=big)
+    runtime.engine().dispose()
+    return big, secret
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -306,7 +324,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plain-runs", type=int, default=15, help="counted plain queries")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
-    parser.add_argument("--keep", action="store_true", help="keep the database (for debugging)")
+    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
+    parser.add_argument("--database", help="reuse this database (kept by --keep), data and all")
     return parser.parse_args(argv)
 
 
@@ -323,26 +342,30 @@ def main(argv: list[str] | None = None) -> int:
     operator_key = "ck_op_bench_" + secrets.token_hex(16)
     machine = machine_info(base_url, args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="chatledger-bench-reports-"))
-    with fresh_database(base_url) as (name, url):
+    with bench_database(base_url, reuse=args.database, keep=args.keep) as (name, url, fresh):
         log(f"database {name}")
         prepare_database(url, operator_key)
         server = Gunicorn(server_env(url, args.redis_url, operator_key, tmp), tmp / "gunicorn.log")
         engine = make_engine(url, connect_args={}, pool_size=2)
         try:
             server.wait_ready()
-            merchant = created(
-                *call(
-                    server.port,
-                    "POST",
-                    "/v1/merchants",
-                    {"name": "Largest merchant", "timezone": ZONE},
-                    operator_key,
-                ),
-                "merchant",
-            )
-            big, key = merchant["id"], merchant["api_key"]["secret"]
-            timings = generate(engine, big, args.sales, args.days)
-            timings["rebuild"], rollup_rows = rebuild(engine)
+            if fresh:
+                merchant = created(
+                    *call(
+                        server.port,
+                        "POST",
+                        "/v1/merchants",
+                        {"name": LARGEST, "timezone": ZONE},
+                        operator_key,
+                    ),
+                    "merchant",
+                )
+                big, key = merchant["id"], merchant["api_key"]["secret"]
+                timings = generate(engine, big, args.sales, args.days)
+                timings["rebuild"], rollup_rows = rebuild(engine)
+            else:
+                big, key = largest_merchant_key(url)
+                timings, rollup_rows = {}, 0
             with engine.connect() as connection:
                 counts = {
                     t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
@@ -384,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
             engine.dispose()
-            if args.keep:
-                log(f"--keep: the database {name} is dropped anyway by fresh_database")
+            if args.keep or not fresh:
+                log(f"database {name} kept")
     shutil.rmtree(tmp, ignore_errors=True)
 
     report = render(
@@ -419,8 +442,11 @@ def render(
         f"the largest merchant has {big_sales:,}",
         f"- rollups: {counts['report_offer_rollups']:,} offer rows "
         f"({sizes['report_offer_rollups']}), {counts['report_merchant_hours']:,} merchant-hour "
-        f"rows ({sizes['report_merchant_hours']}); {rollup_rows:,} rows written by the rebuild",
-        "- load: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+        f"rows ({sizes['report_merchant_hours']})"
+        + (f"; {rollup_rows:,} rows written by the rebuild" if timings else ""),
+        "- load: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        if timings
+        else f"- data: reused (database {args.database}, made by an earlier --keep run)",
         f"- server: gunicorn {GUNICORN_WORKERS} workers x {GUNICORN_THREADS} threads; "
         "one client connection, sequential requests",
         "",
