@@ -82,6 +82,23 @@ def window(tz_name: str, first: date | None, last: date | None, *, today: date) 
         raise InvalidInput({"from": ["Must not be after `to`."]})
     if (last - first).days + 1 > MAX_DAYS:
         raise InvalidInput({"to": [f"A report covers at most {MAX_DAYS} days."]})
+    return Window(
+        tz_name=tz_name,
+        tz=tz,
+        first=first,
+        last=last,
+        start=local_midnight(first, tz),
+        end=local_midnight(last + timedelta(days=1), tz),
+        bucket_minutes=_bucket_minutes(tz_name, first, last),
+    )
+
+
+@lru_cache(maxsize=256)
+def _bucket_minutes(tz_name: str, first: date, last: date) -> int:
+    """60 when every local midnight from `first` to the day after `last` falls on a whole UTC
+    hour, else 15. (Cached: the same windows are asked for again and again, and a year is
+    367 zone conversions; the zone database does not change while the process runs.)"""
+    tz = zone(tz_name)
     minutes = 60
     day = first
     while day <= last + timedelta(days=1):
@@ -92,12 +109,4 @@ def window(tz_name: str, first: date | None, last: date | None, *, today: date) 
         if instant.minute:
             minutes = 15
         day += timedelta(days=1)
-    return Window(
-        tz_name=tz_name,
-        tz=tz,
-        first=first,
-        last=last,
-        start=local_midnight(first, tz),
-        end=local_midnight(last + timedelta(days=1), tz),
-        bucket_minutes=minutes,
-    )
+    return minutes
