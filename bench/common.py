@@ -521,20 +521,8 @@ def fresh_database(base_url: str) -> Iterator[tuple[str, str]]:
     The administrative connection goes to the database `base_url` names, as the test
     suite's does; only the database name of the yielded URL differs.
     """
-    from sqlalchemy import create_engine, text
-
-    name = f"chatledger_bench_{secrets.token_hex(4)}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield name, with_database(base_url, name)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with bench_database(base_url) as (name, url, _):
+        yield name, url
 
 
 @contextlib.contextmanager
@@ -550,23 +538,25 @@ def bench_database(
     if reuse:
         yield reuse, with_database(base_url, reuse), False
         return
-    if not keep:
-        with fresh_database(base_url) as (name, url):
-            yield name, url, True
-        return
     from sqlalchemy import create_engine, text
 
     name = f"chatledger_bench_{secrets.token_hex(4)}"
     admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         try:
             yield name, with_database(base_url, name), True
         except BaseException:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            drop()
             raise
+        if not keep:
+            drop()
     finally:
         admin.dispose()
 
