@@ -17,6 +17,12 @@ truth), and prints the timings as a Markdown table for docs/BENCHMARKS.md.
 
 Usage: .venv/bin/python bench/reconcile.py [--sales 1000000] [--repeat 2]
        [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--keep]
+       [--database NAME] [--profile] [--engine-only]
+
+`--database NAME` generates into a database of that name and keeps it, or, when it already
+holds a generated data set, migrates it to the current schema and reuses it (generation
+at 1,000,000 sales takes about half an hour). `--profile` prints the batch's statements by
+time; `--engine-only` skips the reference (for profiling, not for a result).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -50,6 +56,8 @@ from commerce.reconciliation.models import (  # noqa: E402
 )
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: Every match of the engine's: the stored card matches and Stripe's, read from the events.
+ALL = recon.MATCHES
 RESULTS = REPO / "bench" / "results"
 #: Every line printed, written to bench/results/ at the end.
 REPORT: list[str] = []
@@ -140,7 +148,57 @@ def reference(connection: Connection, start: datetime, end: datetime) -> dict[st
     return steps
 
 
-def batch(engine: Engine, params: dict[str, str]) -> float:
+class StatementClock:
+    """Seconds spent in each statement the engine sends (by its text), while attached."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.spent: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._began: list[float] = []
+
+    def _before(self, *_: object) -> None:
+        self._began.append(time.perf_counter())
+
+    def _after(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
+        spent = time.perf_counter() - self._began.pop()
+        key = " ".join(statement.split())
+        self.spent[key] = self.spent.get(key, 0.0) + spent
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def __enter__(self) -> StatementClock:
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+    def report(self, top: int = 25) -> None:
+        total = sum(self.spent.values())
+        say(f"  statements: {total:.1f}s in {sum(self.calls.values())} calls; the longest:")
+        for key, spent in sorted(self.spent.items(), key=lambda kv: -kv[1])[:top]:
+            say(f"  {spent:7.2f}s {self.calls[key]:4d}x  {key[:150]}")
+
+
+def batch(engine: Engine, params: dict[str, str], *, profile: bool = False) -> float:
+    if not profile:
+        return _batch(engine, params)
+    with engine.connect() as connection:
+        wal = connection.execute(text("SELECT pg_current_wal_lsn()")).scalar()
+    with StatementClock(engine) as clock:
+        seconds = _batch(engine, params)
+    clock.report()
+    with engine.connect() as connection:
+        written = connection.execute(
+            text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :lsn)"), {"lsn": wal}
+        ).scalar()
+    say(f"  WAL written meanwhile (the whole server's): {written / 2**20:.0f} MiB")
+    return seconds
+
+
+def _batch(engine: Engine, params: dict[str, str]) -> float:
     began = time.perf_counter()
     with Session(engine) as session:
         recon.reconcile(
@@ -164,6 +222,29 @@ def differences(connection: Connection, got: str, want: str) -> list[tuple]:
     return rows
 
 
+def reused(url: str) -> data.DataSet | None:
+    """The data set already generated in the database at `url`, if any."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            if connection.execute(text("SELECT to_regclass('truth.params')")).scalar() is None:
+                return None
+            p = data.params(connection)
+    finally:
+        engine.dispose()
+    if "as_of" not in p:  # generation did not finish
+        raise SystemExit("the database holds an unfinished data set: drop it or name another")
+    return data.DataSet(
+        **{k: int(p[k]) for k in ("sales", "card_transactions", "sale_events", "merchants")},
+        cases=int(p["cases"]),
+        facts=int(p["facts"]),
+        period_start=datetime.fromisoformat(p["period_start"]),
+        period_end=datetime.fromisoformat(p["period_end"]),
+        as_of=datetime.fromisoformat(p["as_of"]),
+        seconds=0.0,
+    )
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -184,18 +265,30 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument(
+        "--database", help="a database to generate into and keep, or to reuse if generated"
+    )
+    parser.add_argument("--profile", action="store_true", help="the batch's statements by time")
+    parser.add_argument("--engine-only", action="store_true", help="skip the reference")
     args = parser.parse_args()
 
-    name = f"chatledger_bench_reconcile_{secrets.token_hex(3)}"
+    name = args.database or f"chatledger_bench_reconcile_{secrets.token_hex(3)}"
+    keep = args.keep or args.database is not None
     admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar()
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
         server = connection.execute(text("SHOW server_version")).scalar()
     url = make_url(args.url).set(database=name).render_as_string(hide_password=False)
     say(f"database {name}; {machine()}; PostgreSQL {server}")
     try:
         migrations.upgrade(url)
-        made = data.generate(url, sales=args.sales, seed=args.seed, log=say)
+        made = reused(url) if exists else None
+        if made is None:
+            made = data.generate(url, sales=args.sales, seed=args.seed, log=say)
         say(made)
         engine = create_engine(url)
         with engine.connect() as connection:
@@ -211,16 +304,17 @@ def main() -> None:
                 connection.execute(
                     text("TRUNCATE reconciliation_matches, reconciliation_exceptions")
                 )
-            engine_times.append(batch(engine, params))
+            engine_times.append(batch(engine, params, profile=args.profile))
             say(f"run {run + 1}: engine batch {engine_times[-1]:.1f}s")
+            if args.engine_only:
+                continue
             with engine.begin() as connection:
                 began = time.perf_counter()
                 reference_steps.append(reference(connection, start, end))
                 reference_times.append(time.perf_counter() - began)
                 say(
                     f"run {run + 1}: reference {reference_times[-1]:.1f}s "
-                    + ", ".join(f"{k} {v:.1f}s" for k, v in reference_steps[-1].items()),
-                    flush=True,
+                    + ", ".join(f"{k} {v:.1f}s" for k, v in reference_steps[-1].items())
                 )
                 same = differences(
                     connection,
@@ -233,26 +327,28 @@ def main() -> None:
                 ).scalar_one()
                 truth = differences(
                     connection,
-                    "SELECT sale_id, kind, source_key, rule, confidence"
-                    " FROM reconciliation_matches",
+                    f"SELECT sale_id, kind, source_key, rule, confidence FROM ({ALL}) m",  # noqa: S608
                     "SELECT sale_id, kind, source_key, rule, confidence FROM truth.matches",
                 )
                 counts = connection.execute(
                     text(
-                        "SELECT (SELECT count(*) FROM reconciliation_matches),"
+                        "SELECT (SELECT count(*) FROM reconciliation_matches),"  # noqa: S608
+                        f" (SELECT count(*) FROM ({ALL}) m),"
                         " (SELECT count(*) FROM reconciliation_exceptions)"
                     )
                 ).one()
             say(
                 f"run {run + 1}: card matches {card_matches}, engine = reference: {not same}"
-                f", engine = truth: {not truth}; engine wrote {counts[0]} matches,"
-                f" {counts[1]} exceptions",
-                flush=True,
+                f", engine = truth: {not truth}; engine wrote {counts[0]} card matches"
+                f" ({counts[1]} with Stripe's, read from the events), {counts[2]} exceptions"
             )
             if same:
                 say("  engine vs reference differ, first:", same)
             if truth:
                 say("  engine vs truth differ, first:", truth)
+        if args.engine_only:
+            say(f"\nengine only: {', '.join(f'{t:.1f}' for t in engine_times)}; {machine()}")
+            return
         best_engine, best_reference = min(engine_times), min(reference_times)
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
@@ -260,7 +356,10 @@ def main() -> None:
         say("")
         say(f"| {made.sales:,} sales, {made.card_transactions:,} card transactions | seconds |")
         say("| --- | --- |")
-        say(f"| generation (bench/reconcile_data.py) | {made.seconds:.0f} |")
+        say(
+            "| generation (bench/reconcile_data.py) | "
+            + (f"{made.seconds:.0f} |" if made.seconds else "(reused database) |")
+        )
         say(
             f"| engine batch, runs | {', '.join(f'{t:.1f}' for t in engine_times)}"
             f" (median {statistics.median(engine_times):.1f}) |"
@@ -276,7 +375,7 @@ def main() -> None:
         (RESULTS / f"reconcile-{stamp}.md").write_text("\n".join(REPORT) + "\n")
         engine.dispose()
     finally:
-        if not args.keep:
+        if not keep:
             with admin.connect() as connection:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

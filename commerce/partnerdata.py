@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.types import NullType
@@ -130,14 +131,16 @@ def stage_transactions(
     actor: str,
     where: Sequence[ColumnElement[bool]] = (),
     columns: Sequence[str] | None = None,
+    distinct: bool | None = None,
 ) -> int:
     """Copy the card transactions usable for `purpose` and matching `where` into a temporary
     table `into` (dropped at commit), for set-based work such as reconciliation; `columns`
-    keeps only those columns, distinct. The read is audited with its row count."""
+    keeps only those columns, distinct unless `distinct` is False. The read is audited with
+    its row count."""
     table = CardTransaction.__table__
     chosen = [table.c[name] for name in columns] if columns else list(table.c)
     query = select(*chosen).where(usable(CardTransaction, purpose), *where)
-    if columns:
+    if distinct if distinct is not None else bool(columns):
         query = query.distinct()
     temporary = Table(
         into,
@@ -165,3 +168,17 @@ def stage_transactions(
         detail={"rows": rows, "into": into},
     )
     return rows
+
+
+def hold_transactions(session: Session, *, into: str, ids: str) -> int:
+    """Keep the card transactions whose ids the query `ids` selects from being deleted until
+    the caller's transaction ends (the lock a foreign key check takes, for many rows in one
+    statement), and list those still there in a temporary table `into` (column `id`,
+    dropped at commit). A deletion of them (a consent ended) waits for the caller to commit
+    and then removes what it wrote about them. Nothing but the ids is read."""
+    return session.execute(
+        text(
+            f"CREATE TEMPORARY TABLE {into} ON COMMIT DROP AS"  # noqa: S608 - names from code
+            f" SELECT id FROM card_transactions WHERE id IN ({ids}) FOR KEY SHARE"
+        )
+    ).rowcount

@@ -45,6 +45,9 @@ from commerce.reconciliation.models import (
 
 log = logging.getLogger(__name__)
 
+#: A batch's memory for each join and sort (set for its transaction only).
+BATCH_WORK_MEM = "256MB"
+
 #: Card data is linked to a merchant's sales under this purpose, and no other.
 PURPOSE = "sales_attribution"
 ACTOR = "system:reconciliation"
@@ -132,12 +135,18 @@ def _lock(session: Session, scope: Scope) -> None:
 
 #: Tables made by CREATE ... AS during a reconciliation.
 _DERIVED = (
+    "rc_matched",
     "rc_want_match",
     "rc_want_exc",
     "rc_refund_pairs",
-    "rc_period_card",
     "rc_unmatched",
     "rc_duplicate_of",
+    "rc_charges",
+    "rc_new_groups",
+    "rc_card_more",
+    "rc_write_match",
+    "rc_write_exc",
+    "rc_held",
 )
 _TEMP = (
     "rc_groups",
@@ -148,6 +157,24 @@ _TEMP = (
     "rc_match",
     "rc_srefund",
     "rc_cand",
+)
+
+#: The columns of a card transaction reconciliation uses (staged, nothing more).
+CARD_COLUMNS = (
+    "id",
+    "partner_id",
+    "kind",
+    "transaction_id",
+    "original_transaction_id",
+    "customer_ref",
+    "card_ref_id",
+    "card_brand",
+    "card_last4",
+    "mid",
+    "merchant_id",
+    "amount",
+    "currency",
+    "occurred_at",
 )
 
 _GROUPS_OF_ITEMS = """
@@ -163,28 +190,44 @@ INSERT INTO rc_scope_sales (id)
 SELECT id FROM sales WHERE id = ANY(CAST(:sale_ids AS text[]))
 """
 
-_SCOPE_SALES_OF_PERIOD = """
-INSERT INTO rc_scope_sales (id)
-SELECT id FROM sales
- WHERE created_at >= :start AND created_at < :end
-   AND (CAST(:merchant_id AS text) IS NULL OR merchant_id = :merchant_id)
-"""
-
+#: The card groups of the sales created in the period (of the merchant, if the batch is one
+#: merchant's).
 _GROUPS_OF_PERIOD_SALES = """
 INSERT INTO rc_groups (merchant_id, last4)
-SELECT DISTINCT s.merchant_id, s.card_last4
-  FROM sales s JOIN rc_scope_sales x ON x.id = s.id
+SELECT DISTINCT s.merchant_id, s.card_last4 FROM sales s
  WHERE s.card_last4 IS NOT NULL
-ON CONFLICT DO NOTHING
+   AND s.created_at >= :start AND s.created_at < :end
+   AND (CAST(:merchant_id AS text) IS NULL OR s.merchant_id = :merchant_id)
 """
 
-#: Card groups with a purchase in the period: which groups, not what is in them (the
-#: transactions themselves are read through the partner-data path below).
-_GROUPS_OF_PERIOD_CARDS = """
-INSERT INTO rc_groups (merchant_id, last4)
-SELECT DISTINCT merchant_id, card_last4 FROM rc_period_card
- WHERE merchant_id IS NOT NULL AND card_last4 IS NOT NULL
-ON CONFLICT DO NOTHING
+#: A batch stages, in one read, the card transactions of the groups of its sales and every
+#: card transaction of the period; the groups of the latter that no sale brought are added,
+#: and their transactions outside the period read next (`_CARD_OF_NEW_GROUPS`).
+_CARD_OF_PERIOD = """
+card_transactions.merchant_id IS NOT NULL AND card_transactions.card_last4 IS NOT NULL
+AND ((card_transactions.merchant_id, card_transactions.card_last4)
+         IN (SELECT merchant_id, last4 FROM rc_groups)
+     OR (card_transactions.occurred_at >= :start AND card_transactions.occurred_at < :end
+         AND (CAST(:merchant_id AS text) IS NULL
+              OR card_transactions.merchant_id = :merchant_id)))
+"""
+
+_NEW_GROUPS = """
+CREATE TEMPORARY TABLE rc_new_groups ON COMMIT DROP AS
+SELECT DISTINCT c.merchant_id, c.card_last4 AS last4 FROM rc_card c
+ WHERE NOT EXISTS (SELECT 1 FROM rc_groups g
+                    WHERE g.merchant_id = c.merchant_id AND g.last4 = c.card_last4)
+"""
+
+_CARD_OF_NEW_GROUPS = """
+(card_transactions.merchant_id, card_transactions.card_last4)
+    IN (SELECT merchant_id, last4 FROM rc_new_groups)
+AND NOT (card_transactions.occurred_at >= :start AND card_transactions.occurred_at < :end)
+"""
+
+_CARD_OF_GROUPS = """
+(card_transactions.merchant_id, card_transactions.card_last4)
+    IN (SELECT merchant_id, last4 FROM rc_groups)
 """
 
 #: Every sale of the scope: those named, and every sale of every card group, whole.
@@ -194,49 +237,61 @@ SELECT s.id, s.merchant_id, s.amount, s.currency, s.created_at, s.card_last4,
        lower(s.card_brand), s.card_ref_id, s.amount_captured, s.state, s.payment_intent_id,
        coalesce(st.amount_tolerance, :default_tolerance),
        make_interval(secs => coalesce(st.time_window_seconds, :default_window)),
-       coalesce(st.clearing_days, :default_clearing_days),
-       coalesce(ch.charges, '{}'), cardinality(coalesce(ch.charges, '{}'))
+       coalesce(st.clearing_days, :default_clearing_days)
   FROM sales s
   LEFT JOIN reconciliation_settings st ON st.merchant_id = s.merchant_id
-  LEFT JOIN LATERAL (
-        -- Stripe's charges of the sale: distinct charge ids; a PaymentIntent-level fact
-        -- without a charge id counts as one charge only when no charge id is known.
-        SELECT CASE WHEN bool_or(e.source_ref <> coalesce(s.payment_intent_id, ''))
-                    THEN array_agg(DISTINCT e.source_ref ORDER BY e.source_ref)
-                         FILTER (WHERE e.source_ref <> coalesce(s.payment_intent_id, ''))
-                    ELSE array_agg(DISTINCT e.source_ref) END AS charges
-          FROM sale_events e
-         WHERE e.sale_id = s.id AND e.kind = 'payment_succeeded' AND e.source = 'stripe'
-  ) ch ON true
- WHERE s.id IN (SELECT id FROM rc_scope_sales
-                 UNION
-                SELECT g.id FROM sales g
-                  JOIN rc_groups r ON g.merchant_id = r.merchant_id AND g.card_last4 = r.last4)
+ WHERE {scope}
+"""
+
+_SALES_OF_ITEMS = """
+s.id IN (SELECT id FROM rc_scope_sales
+          UNION
+         SELECT g.id FROM sales g
+           JOIN rc_groups r ON g.merchant_id = r.merchant_id AND g.card_last4 = r.last4)
+"""
+
+#: A batch reads the sales table once: the period's sales, and those of its card groups.
+_SALES_OF_PERIOD = """
+(s.created_at >= :start AND s.created_at < :end
+ AND (CAST(:merchant_id AS text) IS NULL OR s.merchant_id = :merchant_id))
+OR (s.merchant_id, s.card_last4) IN (SELECT merchant_id, last4 FROM rc_groups)
+"""
+
+#: Stripe's charges of each sale: its distinct charge ids of `payment_succeeded` events
+#: (one event per sale, kind and id); a PaymentIntent-level fact without a charge id counts
+#: as one charge only when no charge id is known. Sales without a charge have no row.
+_CHARGES = """
+CREATE TEMPORARY TABLE rc_charges ON COMMIT DROP AS
+SELECT s.id AS sale_id,
+       CASE WHEN count(*) FILTER (WHERE e.source_ref <> coalesce(s.payment_intent_id, '')) > 0
+            THEN count(*) FILTER (WHERE e.source_ref <> coalesce(s.payment_intent_id, ''))
+            ELSE count(*) END AS n_charges
+  FROM rc_sales s JOIN sale_events e ON e.sale_id = s.id
+ WHERE e.kind = 'payment_succeeded' AND e.source = 'stripe'
+ GROUP BY s.id
 """
 
 #: Card purchases: authorization and clearing of one (partner, transaction id), together.
 _PURCHASES = """
 INSERT INTO rc_purch
-SELECT k.partner_id || ':' || k.transaction_id,
-       k.partner_id, k.transaction_id,
+SELECT coalesce(a.partner_id, c.partner_id) || ':' || coalesce(a.transaction_id, c.transaction_id),
+       coalesce(a.partner_id, c.partner_id), coalesce(a.transaction_id, c.transaction_id),
        coalesce(a.id, c.id), coalesce(a.merchant_id, c.merchant_id),
        coalesce(a.card_last4, c.card_last4), lower(coalesce(a.card_brand, c.card_brand)),
        coalesce(a.card_ref_id, c.card_ref_id), coalesce(a.mid, c.mid),
        coalesce(a.amount, c.amount), coalesce(a.currency, c.currency),
        coalesce(a.occurred_at, c.occurred_at),
        a.id IS NOT NULL, c.id IS NOT NULL, c.amount, coalesce(c.amount, a.amount),
-       EXISTS (SELECT 1 FROM rc_card r
-                WHERE r.kind = 'reversed' AND r.partner_id = k.partner_id
-                  AND coalesce(r.original_transaction_id, r.transaction_id) = k.transaction_id),
+       r.partner_id IS NOT NULL,
        coalesce(st.clearing_days, :default_clearing_days)
-  FROM (SELECT DISTINCT partner_id, transaction_id FROM rc_card
-         WHERE kind IN ('authorized', 'cleared')) k
-  LEFT JOIN rc_card a
-         ON a.partner_id = k.partner_id AND a.transaction_id = k.transaction_id
-        AND a.kind = 'authorized'
-  LEFT JOIN rc_card c
-         ON c.partner_id = k.partner_id AND c.transaction_id = k.transaction_id
-        AND c.kind = 'cleared'
+  FROM (SELECT * FROM rc_card WHERE kind = 'authorized') a
+  FULL JOIN (SELECT * FROM rc_card WHERE kind = 'cleared') c
+         ON c.partner_id = a.partner_id AND c.transaction_id = a.transaction_id
+  LEFT JOIN (SELECT DISTINCT partner_id,
+                    coalesce(original_transaction_id, transaction_id) AS transaction_id
+               FROM rc_card WHERE kind = 'reversed') r
+         ON r.partner_id = coalesce(a.partner_id, c.partner_id)
+        AND r.transaction_id = coalesce(a.transaction_id, c.transaction_id)
   LEFT JOIN reconciliation_settings st
          ON st.merchant_id = coalesce(a.merchant_id, c.merchant_id)
 """
@@ -254,24 +309,24 @@ SELECT e.sale_id, e.source_ref, e.amount, e.occurred_at
 
 _CREATE_TEMP = """
 CREATE TEMPORARY TABLE rc_groups (
-    merchant_id text NOT NULL, last4 text NOT NULL, PRIMARY KEY (merchant_id, last4)
+    merchant_id text NOT NULL, last4 text NOT NULL
 ) ON COMMIT DROP;
-CREATE TEMPORARY TABLE rc_scope_sales (id text PRIMARY KEY) ON COMMIT DROP;
+CREATE TEMPORARY TABLE rc_scope_sales (id text NOT NULL) ON COMMIT DROP;
 CREATE TEMPORARY TABLE rc_sales (
-    id text PRIMARY KEY, merchant_id text, amount bigint, currency text,
+    id text NOT NULL, merchant_id text, amount bigint, currency text,
     created_at timestamptz, last4 text, brand text, card_ref_id text,
     amount_captured bigint, state text, payment_intent_id text,
-    tol bigint, win interval, clearing_days int, charges text[], n_charges int
+    tol bigint, win interval, clearing_days int
 ) ON COMMIT DROP;
 CREATE TEMPORARY TABLE rc_purch (
-    pkey text PRIMARY KEY, partner_id text, transaction_id text, row_id text,
+    pkey text NOT NULL, partner_id text, transaction_id text, row_id text,
     merchant_id text, last4 text, brand text, card_ref_id text, mid text,
     amount bigint, currency text, at timestamptz,
     authorized bool, cleared bool, cleared_amount bigint, final_amount bigint,
     reversed bool, clearing_days int
 ) ON COMMIT DROP;
 CREATE TEMPORARY TABLE rc_match (
-    sale_id text PRIMARY KEY, pkey text UNIQUE NOT NULL, rule text, confidence numeric(3,2)
+    sale_id text NOT NULL, pkey text NOT NULL, rule text, confidence numeric(3,2)
 ) ON COMMIT DROP;
 CREATE TEMPORARY TABLE rc_srefund (
     sale_id text, refund_id text, amount bigint, occurred_at timestamptz
@@ -282,87 +337,88 @@ CREATE TEMPORARY TABLE rc_srefund (
 # 2. Card purchases to sales: three passes, each a greedy one-to-one assignment.
 # --------------------------------------------------------------------------------------------
 
-#: Candidate pairs of a pass among what is still unmatched, with the pass's confidence.
+#: Every candidate pair, once, with the first pass whose condition it meets (the conditions
+#: widen from pass to pass: exact, then within the tolerance, then any amount or currency).
 _CANDIDATES = """
 CREATE TEMPORARY TABLE rc_cand ON COMMIT DROP AS
 SELECT s.id AS sale_id, p.pkey,
        abs(extract(epoch FROM p.at - s.created_at)) AS dt,
        abs(p.amount - s.amount) AS da,
-       CAST({confidence} AS numeric(3,2)) AS confidence
+       CASE WHEN p.currency = s.currency AND p.amount = s.amount THEN 1
+            WHEN p.currency = s.currency AND abs(p.amount - s.amount) <= s.tol THEN 2
+            ELSE 3 END AS pass,
+       s.card_ref_id IS NOT NULL AND s.card_ref_id = p.card_ref_id AS same_card
   FROM rc_purch p
   JOIN rc_sales s
     ON s.merchant_id = p.merchant_id AND s.last4 = p.last4
    AND p.at BETWEEN s.created_at - s.win AND s.created_at + s.win
    AND (s.brand IS NULL OR p.brand IS NULL OR s.brand = p.brand)
-   AND {condition}
  WHERE NOT p.reversed
-   AND NOT EXISTS (SELECT 1 FROM rc_match m WHERE m.sale_id = s.id)
-   AND NOT EXISTS (SELECT 1 FROM rc_match m WHERE m.pkey = p.pkey)
 """
 
 #: The order (time apart, amount apart, sale id, purchase key) is total, so taking every
-#: pair that is the best for both of its sides, again and again until none is left, gives
-#: the greedy one-to-one assignment in that order.
+#: pair of the pass that is the best for both of its sides, again and again until none is
+#: left, gives the greedy one-to-one assignment in that order.
 _TAKE_BEST = """
 WITH ranked AS (
     SELECT *, row_number() OVER (PARTITION BY sale_id ORDER BY dt, da, pkey) AS by_sale,
               row_number() OVER (PARTITION BY pkey ORDER BY dt, da, sale_id) AS by_purchase
-      FROM rc_cand
+      FROM rc_cand WHERE pass <= :pass
 )
 INSERT INTO rc_match (sale_id, pkey, rule, confidence)
-SELECT sale_id, pkey, :rule, confidence FROM ranked WHERE by_sale = 1 AND by_purchase = 1
+SELECT sale_id, pkey, :rule, {confidence}
+  FROM ranked WHERE by_sale = 1 AND by_purchase = 1
 """
 
+#: Pairs whose sale or purchase was just taken leave, whatever their pass.
 _DROP_TAKEN = """
 DELETE FROM rc_cand c USING rc_match m WHERE m.sale_id = c.sale_id;
 DELETE FROM rc_cand c USING rc_match m WHERE m.pkey = c.pkey
 """
 
-PASSES: tuple[tuple[str, str, str], ...] = (
-    (
-        "card_exact",
-        "p.currency = s.currency AND p.amount = s.amount",
-        "CASE WHEN s.card_ref_id IS NOT NULL AND s.card_ref_id = p.card_ref_id"
-        " THEN 1.00 ELSE 0.95 END",
-    ),
-    (
-        "card_tolerance",
-        "p.currency = s.currency AND abs(p.amount - s.amount) <= s.tol",
-        "0.80",
-    ),
-    ("card_time", "true", "0.50"),
+#: The passes in order: rule and confidence.
+PASSES: tuple[tuple[str, str], ...] = (
+    # Exact: same currency and amount; surer when the card reference is the same card.
+    ("card_exact", "CASE WHEN same_card THEN 1.00 ELSE 0.95 END"),
+    # Same currency, amounts within the merchant's tolerance.
+    ("card_tolerance", "0.80"),
+    # Any amount or currency (it explains amount and currency mismatches).
+    ("card_time", "0.50"),
 )
 
 # --------------------------------------------------------------------------------------------
 # 3. What the rules call for: matches and exceptions.
 # --------------------------------------------------------------------------------------------
 
+#: Each matched purchase beside its sale: what the stored match and the exceptions about it
+#: are made of.
+_MATCHED = """
+CREATE TEMPORARY TABLE rc_matched ON COMMIT DROP AS
+SELECT m.sale_id, m.pkey, m.rule, m.confidence,
+       s.merchant_id, s.amount AS sale_amount, s.currency AS sale_currency,
+       s.created_at AS sale_at, s.card_ref_id AS sale_card_ref_id, s.amount_captured,
+       s.state, s.tol,
+       p.row_id, p.mid, p.last4, p.brand, p.card_ref_id, p.amount, p.currency, p.at,
+       p.cleared, p.cleared_amount, p.final_amount
+  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
+"""
+
+#: The matches stored: card purchases and card refunds. Stripe's charges and refunds are
+#: matched by their own ids and follow from the sale's events alone, so they are read from
+#: the events (`MATCHES`), not stored.
 _WANT_MATCHES = """
 CREATE TEMPORARY TABLE rc_want_match ON COMMIT DROP AS
--- Stripe's charges, by the PaymentIntent chatledger created and the charge id.
-SELECT s.merchant_id, s.id AS sale_id, 'stripe_charge'::text AS kind, c.charge AS source_key,
-       NULL::text AS card_transaction_id, 'payment_intent'::text AS rule,
-       jsonb_build_object('payment_intent_id', s.payment_intent_id, 'charge_id', c.charge)
-         AS fields,
-       1.00::numeric(3,2) AS confidence,
-       s.amount_captured AS amount, s.currency
-  FROM rc_sales s CROSS JOIN LATERAL unnest(s.charges) AS c(charge)
-UNION ALL
--- Stripe's refunds, each by its refund id.
-SELECT s.merchant_id, s.id, 'stripe_refund', r.refund_id, NULL,
-       'refund_id', jsonb_build_object('refund_id', r.refund_id), 1.00, r.amount, s.currency
-  FROM rc_srefund r JOIN rc_sales s ON s.id = r.sale_id
-UNION ALL
 -- Card purchases, by the pass that matched them.
-SELECT s.merchant_id, s.id, 'card_purchase', p.pkey, p.row_id, m.rule,
+SELECT m.merchant_id, m.sale_id, 'card_purchase'::text AS kind, m.pkey AS source_key,
+       m.row_id AS card_transaction_id, m.rule,
        jsonb_build_object(
-           'mid', p.mid, 'last4', p.last4, 'brand', p.brand,
-           'card_ref', CASE WHEN s.card_ref_id = p.card_ref_id THEN 'same' END,
-           'amount', jsonb_build_object('sale', s.amount, 'card', p.amount),
-           'currency', jsonb_build_object('sale', s.currency, 'card', p.currency),
-           'seconds_apart', round(extract(epoch FROM p.at - s.created_at))::bigint),
-       m.confidence, p.amount, p.currency
-  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
+           'mid', m.mid, 'last4', m.last4, 'brand', m.brand,
+           'card_ref', CASE WHEN m.sale_card_ref_id = m.card_ref_id THEN 'same' END,
+           'amount', jsonb_build_object('sale', m.sale_amount, 'card', m.amount),
+           'currency', jsonb_build_object('sale', m.sale_currency, 'card', m.currency),
+           'seconds_apart', round(extract(epoch FROM m.at - m.sale_at))::bigint) AS fields,
+       m.confidence, m.amount, m.currency
+  FROM rc_matched m
 UNION ALL
 -- Card refunds of a matched purchase, paired with Stripe refunds of the same amount.
 SELECT merchant_id, sale_id, 'card_refund', pkey, row_id, 'refund_amount',
@@ -370,18 +426,51 @@ SELECT merchant_id, sale_id, 'card_refund', pkey, row_id, 'refund_amount',
   FROM rc_refund_pairs WHERE refund_id IS NOT NULL
 """
 
+#: Every match, as the API and reports read them: the stored card matches, and the Stripe
+#: matches the sales' own events imply (rules `payment_intent` and `refund_id`, confidence
+#: 1.00): each charge of the sale (distinct charge ids of its `payment_succeeded` events; a
+#: PaymentIntent-level fact counts only when no charge id is known), and each succeeded
+#: refund not later reported failed. A match from events is as old as its event's arrival.
+#: Filter it from outside (`SELECT ... FROM (MATCHES) m WHERE m.sale_id = ...`).
+MATCHES = """
+SELECT t.merchant_id, t.sale_id, t.kind, t.source_key, t.card_transaction_id, t.rule,
+       t.fields, t.confidence, t.amount, t.currency, t.created_at
+  FROM reconciliation_matches t
+UNION ALL
+SELECT s.merchant_id, s.id, 'stripe_charge', e.source_ref, NULL, 'payment_intent',
+       jsonb_build_object('payment_intent_id', s.payment_intent_id, 'charge_id', e.source_ref),
+       1.00, s.amount_captured, s.currency, e.recorded_at
+  FROM sales s
+  JOIN sale_events e
+    ON e.sale_id = s.id AND e.kind = 'payment_succeeded' AND e.source = 'stripe'
+ WHERE e.source_ref <> coalesce(s.payment_intent_id, '')
+    OR NOT EXISTS (SELECT 1 FROM sale_events f
+                    WHERE f.sale_id = s.id AND f.kind = 'payment_succeeded'
+                      AND f.source = 'stripe'
+                      AND f.source_ref <> coalesce(s.payment_intent_id, ''))
+UNION ALL
+SELECT s.merchant_id, s.id, 'stripe_refund', e.source_ref, NULL, 'refund_id',
+       jsonb_build_object('refund_id', e.source_ref), 1.00, e.amount, s.currency,
+       e.recorded_at
+  FROM sales s
+  JOIN sale_events e ON e.sale_id = s.id AND e.kind = 'refund_succeeded'
+ WHERE e.amount IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM sale_events f
+                    WHERE f.sale_id = e.sale_id AND f.kind = 'refund_failed'
+                      AND f.source_ref = e.source_ref)
+"""
+
 #: Card refunds of matched purchases, each paired (or not) with a Stripe refund of the sale:
 #: the n-th card refund of an amount with the n-th Stripe refund of that amount.
 _REFUND_PAIRS = """
 CREATE TEMPORARY TABLE rc_refund_pairs ON COMMIT DROP AS
 WITH card AS (
-    SELECT s.merchant_id, m.sale_id, r.partner_id || ':' || r.transaction_id AS pkey,
+    SELECT m.merchant_id, m.sale_id, r.partner_id || ':' || r.transaction_id AS pkey,
            r.id AS row_id, r.amount, r.currency, r.occurred_at,
            row_number() OVER (PARTITION BY m.sale_id, r.amount
                               ORDER BY r.occurred_at, r.transaction_id) AS n
       FROM rc_card r
-      JOIN rc_match m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
-      JOIN rc_sales s ON s.id = m.sale_id
+      JOIN rc_matched m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
      WHERE r.kind = 'refunded'
 ), stripe AS (
     SELECT sale_id, refund_id, amount,
@@ -425,15 +514,21 @@ SELECT s.merchant_id, 'amount_mismatch'::text AS type,
        jsonb_build_object('amount', jsonb_build_object('sale', s.amount,
                                                        'stripe', s.amount_captured)) AS fields,
        s.created_at AS opened_at
-  FROM rc_sales s
- WHERE s.n_charges > 0 AND abs(s.amount_captured - s.amount) > s.tol
+  FROM rc_sales s JOIN rc_charges c ON c.sale_id = s.id
+ WHERE abs(s.amount_captured - s.amount) > s.tol
 UNION ALL
--- Stripe charged the sale more than once.
+-- Stripe charged the sale more than once (several charge ids: the PaymentIntent-level
+-- fact does not count then).
 SELECT s.merchant_id, 'duplicate_charge', 'sale:' || s.id || '\\:stripe', s.id, NULL,
-       jsonb_build_object('charges', jsonb_build_object('expected', 1, 'stripe', s.n_charges),
-                          'charge_ids', to_jsonb(s.charges)),
+       jsonb_build_object('charges', jsonb_build_object('expected', 1, 'stripe', c.n_charges),
+                          'charge_ids',
+                          (SELECT to_jsonb(array_agg(e.source_ref ORDER BY e.source_ref))
+                             FROM sale_events e
+                            WHERE e.sale_id = s.id AND e.kind = 'payment_succeeded'
+                              AND e.source = 'stripe'
+                              AND e.source_ref <> coalesce(s.payment_intent_id, ''))),
        s.created_at
-  FROM rc_sales s WHERE s.n_charges > 1
+  FROM rc_sales s JOIN rc_charges c ON c.sale_id = s.id WHERE c.n_charges > 1
 UNION ALL
 -- The sale's dispute is open.
 SELECT s.merchant_id, 'disputed', 'sale:' || s.id || '\\:stripe', s.id, NULL,
@@ -442,35 +537,38 @@ SELECT s.merchant_id, 'disputed', 'sale:' || s.id || '\\:stripe', s.id, NULL,
   FROM rc_sales s WHERE s.state = 'disputed'
 UNION ALL
 -- A matched purchase in another currency.
-SELECT s.merchant_id, 'currency_mismatch', 'sale:' || s.id || '\\:card', s.id, p.row_id,
-       jsonb_build_object('currency', jsonb_build_object('sale', s.currency, 'card', p.currency),
-                          'amount', jsonb_build_object('sale', s.amount, 'card', p.amount),
-                          'transaction', p.pkey),
-       s.created_at
-  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
- WHERE p.currency <> s.currency
+SELECT m.merchant_id, 'currency_mismatch', 'sale:' || m.sale_id || '\\:card', m.sale_id,
+       m.row_id,
+       jsonb_build_object('currency', jsonb_build_object('sale', m.sale_currency,
+                                                         'card', m.currency),
+                          'amount', jsonb_build_object('sale', m.sale_amount, 'card', m.amount),
+                          'transaction', m.pkey),
+       m.sale_at
+  FROM rc_matched m
+ WHERE m.currency <> m.sale_currency
 UNION ALL
 -- A matched purchase whose final amount is not the sale's final amount.
-SELECT s.merchant_id, 'amount_mismatch', 'sale:' || s.id || '\\:card', s.id, p.row_id,
+SELECT m.merchant_id, 'amount_mismatch', 'sale:' || m.sale_id || '\\:card', m.sale_id,
+       m.row_id,
        jsonb_build_object('amount', jsonb_build_object(
-                              'sale', CASE WHEN s.amount_captured > 0 THEN s.amount_captured
-                                           ELSE s.amount END,
-                              'card', p.final_amount),
-                          'transaction', p.pkey),
-       s.created_at
-  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
- WHERE p.currency = s.currency
-   AND abs(p.final_amount - CASE WHEN s.amount_captured > 0 THEN s.amount_captured
-                                 ELSE s.amount END) > s.tol
+                              'sale', CASE WHEN m.amount_captured > 0 THEN m.amount_captured
+                                           ELSE m.sale_amount END,
+                              'card', m.final_amount),
+                          'transaction', m.pkey),
+       m.sale_at
+  FROM rc_matched m
+ WHERE m.currency = m.sale_currency
+   AND abs(m.final_amount - CASE WHEN m.amount_captured > 0 THEN m.amount_captured
+                                 ELSE m.sale_amount END) > m.tol
 UNION ALL
 -- The bank says the money moved; Stripe reports no capture.
-SELECT s.merchant_id, 'missing_payment', 'sale:' || s.id, s.id, p.row_id,
-       jsonb_build_object('captured', jsonb_build_object('stripe', s.amount_captured,
-                                                         'card', p.cleared_amount),
-                          'transaction', p.pkey),
-       s.created_at
-  FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
- WHERE p.cleared AND s.amount_captured = 0
+SELECT m.merchant_id, 'missing_payment', 'sale:' || m.sale_id, m.sale_id, m.row_id,
+       jsonb_build_object('captured', jsonb_build_object('stripe', m.amount_captured,
+                                                         'card', m.cleared_amount),
+                          'transaction', m.pkey),
+       m.sale_at
+  FROM rc_matched m
+ WHERE m.cleared AND m.amount_captured = 0
 UNION ALL
 -- An authorization that never cleared.
 SELECT p.merchant_id, 'missing_clearing', 'txn:' || p.pkey, m.sale_id, p.row_id,
@@ -504,14 +602,14 @@ SELECT merchant_id, 'refund_mismatch', 'txn:' || pkey, sale_id, row_id,
   FROM rc_refund_pairs WHERE refund_id IS NULL
 UNION ALL
 -- A chargeback on a matched purchase whose sale has no dispute at Stripe.
-SELECT s.merchant_id, 'disputed', 'txn:' || r.partner_id || ':' || r.transaction_id, s.id, r.id,
-       jsonb_build_object('state', jsonb_build_object('card', 'chargeback', 'stripe', s.state),
+SELECT m.merchant_id, 'disputed', 'txn:' || r.partner_id || ':' || r.transaction_id,
+       m.sale_id, r.id,
+       jsonb_build_object('state', jsonb_build_object('card', 'chargeback', 'stripe', m.state),
                           'amount', r.amount, 'currency', r.currency),
        r.occurred_at
   FROM rc_card r
-  JOIN rc_match m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
-  JOIN rc_sales s ON s.id = m.sale_id
- WHERE r.kind = 'chargeback' AND s.state NOT IN ('disputed', 'dispute_won', 'dispute_lost')
+  JOIN rc_matched m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
+ WHERE r.kind = 'chargeback' AND m.state NOT IN ('disputed', 'dispute_won', 'dispute_lost')
 """
 
 # --------------------------------------------------------------------------------------------
@@ -526,20 +624,65 @@ DELETE FROM reconciliation_matches t
                       AND w.source_key = t.source_key)
 """
 
-_UPSERT_MATCHES = """
-INSERT INTO reconciliation_matches AS t
+#: Matches to write: not stored yet, or stored with another rule, fields or amounts.
+_MATCHES_TO_WRITE = """
+CREATE TEMPORARY TABLE rc_write_match ON COMMIT DROP AS
+SELECT w.*, t.id AS stored_id
+  FROM rc_want_match w
+  LEFT JOIN reconciliation_matches t
+    ON t.sale_id = w.sale_id AND t.kind = w.kind AND t.source_key = w.source_key
+ WHERE t.id IS NULL
+    OR (t.card_transaction_id, t.rule, t.fields, t.confidence, t.amount, t.currency)
+       IS DISTINCT FROM (w.card_transaction_id, w.rule, w.fields, w.confidence, w.amount,
+                         w.currency)
+"""
+
+#: Exceptions to write: found for the first time, found again after they were resolved
+#: (they open again), or found with other values.
+_EXCEPTIONS_TO_WRITE = """
+CREATE TEMPORARY TABLE rc_write_exc ON COMMIT DROP AS
+SELECT w.*, t.id AS stored_id, t.status AS stored_status
+  FROM rc_want_exc w
+  LEFT JOIN reconciliation_exceptions t
+    ON t.merchant_id = w.merchant_id AND t.type = w.type AND t.subject_key = w.subject_key
+ WHERE t.id IS NULL OR t.status = 'resolved'
+    OR (t.sale_id, t.card_transaction_id, t.fields, t.opened_at)
+       IS DISTINCT FROM (w.sale_id, w.card_transaction_id, w.fields, w.opened_at)
+"""
+
+#: The card transactions the rows to write name, held until the commit (a deletion waits,
+#: then removes the rows with them); one deleted meanwhile takes its rows with it.
+_HELD_IDS = """
+SELECT card_transaction_id FROM rc_write_match
+ UNION
+SELECT card_transaction_id FROM rc_write_exc
+"""
+
+_DROP_UNHELD = """
+DELETE FROM rc_write_match w
+ WHERE w.card_transaction_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM rc_held h WHERE h.id = w.card_transaction_id);
+DELETE FROM rc_write_exc w
+ WHERE w.card_transaction_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM rc_held h WHERE h.id = w.card_transaction_id)
+"""
+
+_UPDATE_MATCHES = """
+UPDATE reconciliation_matches t
+   SET card_transaction_id = w.card_transaction_id, rule = w.rule, fields = w.fields,
+       confidence = w.confidence, amount = w.amount, currency = w.currency
+  FROM rc_write_match w
+ WHERE t.id = w.stored_id
+"""
+
+_INSERT_MATCHES = """
+INSERT INTO reconciliation_matches
        (merchant_id, sale_id, kind, source_key, card_transaction_id, rule, fields, confidence,
         amount, currency, created_at)
 SELECT merchant_id, sale_id, kind, source_key, card_transaction_id, rule, fields, confidence,
        amount, currency, now()
-  FROM rc_want_match
-ON CONFLICT (sale_id, kind, source_key) DO UPDATE
-   SET card_transaction_id = excluded.card_transaction_id, rule = excluded.rule,
-       fields = excluded.fields, confidence = excluded.confidence, amount = excluded.amount,
-       currency = excluded.currency
- WHERE (t.card_transaction_id, t.rule, t.fields, t.confidence, t.amount, t.currency)
-       IS DISTINCT FROM (excluded.card_transaction_id, excluded.rule, excluded.fields,
-                         excluded.confidence, excluded.amount, excluded.currency)
+  FROM rc_write_match
+ WHERE stored_id IS NULL
 """
 
 #: Exceptions of the scope that the rules no longer call for are resolved.
@@ -554,32 +697,47 @@ UPDATE reconciliation_exceptions t
                       AND w.subject_key = t.subject_key)
 """
 
-_UPSERT_EXCEPTIONS = """
-INSERT INTO reconciliation_exceptions AS t
-       (id, merchant_id, type, subject_key, sale_id, card_transaction_id, fields, status,
-        opened_at, updated_at)
-SELECT 'rex_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
-       merchant_id, type, subject_key, sale_id, card_transaction_id, fields, 'open',
-       opened_at, now()
-  FROM rc_want_exc
-ON CONFLICT (merchant_id, type, subject_key) DO UPDATE
-   SET sale_id = excluded.sale_id, card_transaction_id = excluded.card_transaction_id,
-       fields = excluded.fields, opened_at = excluded.opened_at,
-       status = CASE WHEN t.status = 'resolved' THEN 'open' ELSE t.status END,
-       resolved_at = NULL, updated_at = now()
- WHERE t.status = 'resolved'
-    OR (t.sale_id, t.card_transaction_id, t.fields, t.opened_at)
-       IS DISTINCT FROM (excluded.sale_id, excluded.card_transaction_id, excluded.fields,
-                         excluded.opened_at)
-RETURNING t.id, t.merchant_id, t.type, t.status, t.subject_key, t.sale_id, t.fields,
-          t.opened_at, t.updated_at, (t.xmax = 0) AS inserted
+#: Returns how many were written, and those to announce: the ones that opened (new, or
+#: found again after they were resolved) of the merchants listening.
+_UPDATE_EXCEPTIONS = """
+WITH written AS (
+    UPDATE reconciliation_exceptions t
+       SET sale_id = w.sale_id, card_transaction_id = w.card_transaction_id,
+           fields = w.fields, opened_at = w.opened_at,
+           status = CASE WHEN t.status = 'resolved' THEN 'open' ELSE t.status END,
+           resolved_at = NULL, updated_at = now()
+      FROM rc_write_exc w
+     WHERE t.id = w.stored_id
+    RETURNING t.id, t.merchant_id, w.stored_status = 'resolved' AS opened
+)
+SELECT count(*),
+       coalesce(array_agg(id) FILTER (WHERE opened
+                                        AND merchant_id = ANY(CAST(:listening AS text[]))),
+                '{}')
+  FROM written
 """
 
-#: Resolved exceptions the rules call for again: they open again (and are announced).
-_REOPENING = """
-SELECT t.id FROM reconciliation_exceptions t
-  JOIN rc_want_exc w USING (merchant_id, type, subject_key)
- WHERE t.status = 'resolved'
+_INSERT_EXCEPTIONS = """
+WITH written AS (
+    INSERT INTO reconciliation_exceptions
+           (id, merchant_id, type, subject_key, sale_id, card_transaction_id, fields, status,
+            opened_at, updated_at)
+    SELECT 'rex_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
+           merchant_id, type, subject_key, sale_id, card_transaction_id, fields, 'open',
+           opened_at, now()
+      FROM rc_write_exc
+     WHERE stored_id IS NULL
+    RETURNING id, merchant_id
+)
+SELECT count(*),
+       coalesce(array_agg(id) FILTER (WHERE merchant_id = ANY(CAST(:listening AS text[]))),
+                '{}')
+  FROM written
+"""
+
+_ANNOUNCED = """
+SELECT id, merchant_id, type, status, subject_key, sale_id, fields, opened_at, updated_at
+  FROM reconciliation_exceptions WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id
 """
 
 
@@ -627,12 +785,32 @@ class Outcome:
     cardholders: tuple[tuple[str, str], ...] = ()
 
 
-def _stage_card(
-    session: Session, into: str, condition: Any, columns: Sequence[str] | None = None
-) -> int:
+def _stage_card(session: Session, into: str, condition: Any) -> int:
     return partnerdata.stage_transactions(
-        session, into=into, purpose=PURPOSE, actor=ACTOR, where=[condition], columns=columns
+        session,
+        into=into,
+        purpose=PURPOSE,
+        actor=ACTOR,
+        where=[condition],
+        columns=CARD_COLUMNS,
+        distinct=False,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """An exception as announced (see `announce`)."""
+
+    id: str
+    merchant_id: str
+    type: str
+    status: str
+    subject_key: str
+    sale_id: str | None
+    fields: Any
+    opened_at: datetime
+    updated_at: datetime
+    inserted: bool
 
 
 def reconcile(session: Session, scope: Scope) -> Outcome:
@@ -647,9 +825,14 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     run = session.execute
     # Short statements over temporary tables: compiling them costs more than it saves.
     run(text("SET LOCAL jit = off"))
+    # The temporary tables are analyzed for their sizes and distinct values, which a small
+    # sample tells well enough.
+    run(text("SET LOCAL default_statistics_target = 10"))
     if scope.is_period:
-        # A batch may run long; its own statements are not held to the request timeout.
+        # A batch may run long; its own statements are not held to the request timeout. Its
+        # joins and sorts span the whole period: memory keeps them off the disk.
         run(text("SET LOCAL statement_timeout = 0"))
+        run(text(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'"))
     for table in (*_TEMP, *_DERIVED):
         run(text(f"DROP TABLE IF EXISTS pg_temp.{table}"))
     for statement in _CREATE_TEMP.strip().split(";\n"):
@@ -658,23 +841,18 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
 
     if scope.is_period:
         params = {"start": scope.start, "end": scope.end, "merchant_id": scope.merchant_id}
-        run(text(_SCOPE_SALES_OF_PERIOD), params)
-        run(text(_GROUPS_OF_PERIOD_SALES))
-        # Which card groups had a purchase in the period (the groups only, not the rows).
-        _stage_card(
-            session,
-            "rc_period_card",
-            text(
-                "card_transactions.merchant_id IS NOT NULL"
-                " AND card_transactions.card_last4 IS NOT NULL"
-                " AND card_transactions.occurred_at >= :start"
-                " AND card_transactions.occurred_at < :end"
-                " AND (CAST(:merchant_id AS text) IS NULL"
-                "      OR card_transactions.merchant_id = :merchant_id)"
-            ).bindparams(start=scope.start, end=scope.end, merchant_id=scope.merchant_id),
-            columns=("merchant_id", "card_last4"),
-        )
-        run(text(_GROUPS_OF_PERIOD_CARDS))
+        run(text(_GROUPS_OF_PERIOD_SALES), params)
+        _stage_card(session, "rc_card", text(_CARD_OF_PERIOD).bindparams(**params))
+        run(text("ANALYZE rc_groups, rc_card"))
+        run(text(_NEW_GROUPS))
+        if run(text("INSERT INTO rc_groups SELECT merchant_id, last4 FROM rc_new_groups")).rowcount:
+            _stage_card(
+                session,
+                "rc_card_more",
+                text(_CARD_OF_NEW_GROUPS).bindparams(start=scope.start, end=scope.end),
+            )
+            run(text("INSERT INTO rc_card SELECT * FROM rc_card_more"))
+        run(text(_SALES.format(scope=_SALES_OF_PERIOD)), {**defaults, **params})
     else:
         params = {
             "merchant_id": scope.merchant_id,
@@ -692,45 +870,59 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
                 text("SELECT pg_advisory_xact_lock(:k)"),
                 {"k": _lock_key(scope.merchant_id or "", last4)},
             )
+        _stage_card(session, "rc_card", text(_CARD_OF_GROUPS))
+        run(text(_SALES.format(scope=_SALES_OF_ITEMS)), defaults)
 
-    run(text(_SALES), defaults)
-    run(text("CREATE INDEX ON rc_sales (merchant_id, last4)"))
     run(text("ANALYZE rc_sales"))
-    _stage_card(
-        session,
-        "rc_card",
-        text(
-            "(card_transactions.merchant_id, card_transactions.card_last4)"
-            " IN (SELECT merchant_id, last4 FROM rc_groups)"
-        ),
-    )
-    run(text("ANALYZE rc_card"))
+    run(text(_CHARGES))
     run(text(_PURCHASES), defaults)
     run(text("ANALYZE rc_purch"))
     run(text(_STRIPE_REFUNDS))
 
-    for rule, condition, confidence in PASSES:
-        run(text(_CANDIDATES.format(condition=condition, confidence=confidence)))
-        while run(text(_TAKE_BEST), {"rule": rule}).rowcount:
+    run(text(_CANDIDATES))
+    for number, (rule, confidence) in enumerate(PASSES, start=1):
+        take = text(_TAKE_BEST.format(confidence=confidence))
+        while run(take, {"rule": rule, "pass": number}).rowcount:
             for statement in _DROP_TAKEN.strip().split(";\n"):
                 run(text(statement))
-        run(text("DROP TABLE rc_cand"))
 
+    run(text(_MATCHED))
     run(text(_UNMATCHED))
     run(text(_DUPLICATE_OF))
     run(text(_REFUND_PAIRS))
     run(text(_WANT_MATCHES))
     run(text(_WANT_EXCEPTIONS), {"as_of": as_of})
 
-    changed = {
-        "matches_deleted": run(text(_DELETE_MATCHES)).rowcount,
-        "matches_written": run(text(_UPSERT_MATCHES)).rowcount,
-        "exceptions_resolved": run(text(_RESOLVE_EXCEPTIONS)).rowcount,
-    }
-    reopening = set(run(text(_REOPENING)).scalars())
-    written = run(text(_UPSERT_EXCEPTIONS)).all()
-    changed["exceptions_written"] = len(written)
-    announce(session, [row for row in written if row.inserted or row.id in reopening])
+    changed = {"matches_deleted": run(text(_DELETE_MATCHES)).rowcount}
+    run(text(_MATCHES_TO_WRITE))
+    run(text(_EXCEPTIONS_TO_WRITE))
+    partnerdata.hold_transactions(session, into="rc_held", ids=_HELD_IDS)
+    for statement in _DROP_UNHELD.strip().split(";\n"):
+        run(text(statement))
+    changed["matches_written"] = (
+        run(text(_UPDATE_MATCHES)).rowcount + run(text(_INSERT_MATCHES)).rowcount
+    )
+    changed["exceptions_resolved"] = run(text(_RESOLVE_EXCEPTIONS)).rowcount
+    listening = sorted(
+        outbound.subscribed_merchants(
+            session,
+            run(text("SELECT DISTINCT merchant_id FROM rc_write_exc")).scalars(),
+            "reconciliation.exception",
+        )
+    )
+    updated, reopened = run(text(_UPDATE_EXCEPTIONS), {"listening": listening}).one()
+    inserted, new_ids = run(text(_INSERT_EXCEPTIONS), {"listening": listening}).one()
+    changed["exceptions_written"] = updated + inserted
+    inserted_ids = set(new_ids)
+    opened = inserted_ids | set(reopened)
+    if opened:
+        announce(
+            session,
+            [
+                _Written(**row._mapping, inserted=row.id in inserted_ids)
+                for row in run(text(_ANNOUNCED), {"ids": sorted(opened)})
+            ],
+        )
     counts = session.execute(
         text(
             "SELECT (SELECT count(*) FROM rc_sales), (SELECT count(*) FROM rc_purch),"

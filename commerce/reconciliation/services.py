@@ -26,7 +26,6 @@ from commerce.reconciliation.models import (
     EXCEPTION_STATUSES,
     EXCEPTION_TYPES,
     ReconciliationException,
-    ReconciliationMatch,
     ReconciliationRun,
     ReconciliationSettings,
 )
@@ -146,13 +145,13 @@ def sale_reconciliation(session: Session, sale: Sale) -> dict[str, Any]:
     - `exceptions`: a difference is open or acknowledged;
     - `reconciled`: paid at Stripe and nothing differs.
     """
-    matches = list(
-        session.scalars(
-            select(ReconciliationMatch)
-            .where(ReconciliationMatch.sale_id == sale.id)
-            .order_by(ReconciliationMatch.kind, ReconciliationMatch.source_key)
-        )
-    )
+    matches = session.execute(
+        text(
+            f"SELECT * FROM ({engine.MATCHES}) m"  # noqa: S608 - the engine's own SQL
+            " WHERE m.sale_id = :sale_id ORDER BY m.kind, m.source_key"
+        ),
+        {"sale_id": sale.id},
+    ).all()
     exceptions = list(
         session.scalars(
             select(ReconciliationException)
@@ -252,8 +251,9 @@ def fail_run(session: Session, run_id: str, error: str) -> None:
 _SUMMARY = """
 WITH s AS (
     SELECT s.id, s.currency, s.amount, s.amount_captured, s.amount_refunded,
-           EXISTS (SELECT 1 FROM reconciliation_matches m
-                    WHERE m.sale_id = s.id AND m.kind = 'stripe_charge') AS charged,
+           EXISTS (SELECT 1 FROM sale_events e
+                    WHERE e.sale_id = s.id AND e.kind = 'payment_succeeded'
+                      AND e.source = 'stripe') AS charged,
            EXISTS (SELECT 1 FROM reconciliation_matches m
                     WHERE m.sale_id = s.id AND m.kind = 'card_purchase') AS card_matched,
            EXISTS (SELECT 1 FROM reconciliation_exceptions e

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from commerce.cards.transactions import record_card_transaction
-from commerce.reconciliation.models import ReconciliationException, ReconciliationMatch
+from commerce.reconciliation import engine
+from commerce.reconciliation.models import ReconciliationException
 from commerce.sales.models import Sale
 from commerce.sales.services import record_event
 from commerce.sales.states import EventKind
@@ -128,10 +129,13 @@ class Shop:
         return f"{self.partner_id}:{txn}"
 
     def matches(self) -> set[tuple[str, str, str, str]]:
-        rows = self.db.scalars(
-            select(ReconciliationMatch)
-            .where(ReconciliationMatch.merchant_id == self.merchant_id)
-            .execution_options(populate_existing=True)
+        """Every match of the merchant's sales: stored, and read from Stripe's events."""
+        rows = self.db.execute(
+            text(
+                f"SELECT sale_id, kind, source_key, rule FROM ({engine.MATCHES}) m"  # noqa: S608
+                " WHERE m.merchant_id = :merchant_id"
+            ),
+            {"merchant_id": self.merchant_id},
         )
         return {(m.sale_id, m.kind, m.source_key, m.rule) for m in rows}
 

@@ -204,7 +204,7 @@ def test_a_second_run_changes_nothing(shop):
     shop.card("authorized", 1250)
     shop.card("authorized", 777, at=T0 + timedelta(hours=5))
     first = batch(shop)
-    assert first.changed["matches_written"] == 2
+    assert first.changed["matches_written"] == 1  # the card purchase (Stripe's are read)
     assert first.changed["exceptions_written"] == 1
     second = batch(shop)
     assert second.changed == {
@@ -289,7 +289,9 @@ def test_queued_events_are_reconciled_together_by_the_drain(shop, db):
     engine.sales_changed(db, {sale.id: None for sale in sales})
     engine.sales_changed(db, {sales[0].id: None})
     engine.enqueue(db, shop.merchant_id, last4s=["4242"], cardholders=[(shop.partner_id, "cust_1")])
-    assert shop.matches() == set()
+    # Stripe's matches are read from the events; the card matching waits for the drain.
+    assert {m[1] for m in shop.matches()} == {"stripe_charge"}
+    assert shop.exceptions() == {}
 
     # Three sales with their group, one of them twice, the group and the cardholder.
     assert engine.drain(db, as_of=AS_OF) == 10
@@ -300,3 +302,34 @@ def test_queued_events_are_reconciled_together_by_the_drain(shop, db):
     assert ("orphan_transaction", f"txn:{shop.key(orphan)}") in drained[1]
     batch(shop)
     assert (shop.matches(), shop.exceptions()) == drained
+
+
+def test_a_cardholders_deleted_data_takes_its_matches_and_exceptions_with_it(shop, db, client):
+    from commerce.consent.cascade import delete_partner_data
+    from tests.alerts.helpers import consent
+
+    consent(
+        client,
+        {"id": shop.partner_id},
+        "cust_2",
+        psid="psid_2",
+        scopes=("transactions",),
+        purposes=("sales_attribution",),
+    )
+    sale = shop.sale(1250, charges=("ch_1",))
+    txn = shop.card("authorized", 1250)
+    orphan = shop.card("authorized", 40, at=T0 + timedelta(hours=3))
+    other = shop.card("authorized", 70, at=T0 + timedelta(hours=4), customer_ref="cust_2")
+    batch(shop)
+    assert (sale.id, "card_purchase", shop.key(txn), "card_exact") in shop.matches()
+    assert {key for _, key in shop.exceptions()} == {
+        f"txn:{shop.key(orphan)}",
+        f"txn:{shop.key(other)}",
+    }
+
+    delete_partner_data(
+        db, partner_id=shop.partner_id, customer_ref="cust_1", reason="consent_revoked"
+    )
+    # Stripe's match stays (it is the sale's own); what the bank's data said is gone.
+    assert shop.matches() == {(sale.id, "stripe_charge", "ch_1", "payment_intent")}
+    assert {key for _, key in shop.exceptions(status=None)} == {f"txn:{shop.key(other)}"}

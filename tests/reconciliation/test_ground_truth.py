@@ -124,7 +124,11 @@ def _tpl(connection: Connection, condition: str, digits: str) -> str | None:
     ).scalar()
 
 
-MATCHES_GOT = "SELECT sale_id, kind, source_key, rule, confidence FROM reconciliation_matches"
+#: Every match: the stored card matches and the Stripe matches read from the sales' events.
+MATCHES_GOT = (
+    "SELECT sale_id, kind, source_key, rule, confidence"  # noqa: S608
+    f" FROM ({engine_module.MATCHES}) m"
+)
 MATCHES_WANT = "SELECT sale_id, kind, source_key, rule, confidence FROM truth.matches"
 EXCEPTIONS_WANT = "SELECT merchant_id, type, subject_key, status FROM truth.exceptions"
 
