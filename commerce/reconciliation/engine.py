@@ -144,8 +144,6 @@ _DERIVED = (
     "rc_charges",
     "rc_new_groups",
     "rc_card_more",
-    "rc_write_match",
-    "rc_write_exc",
     "rc_held",
 )
 _TEMP = (
@@ -214,9 +212,9 @@ AND ((card_transactions.merchant_id, card_transactions.card_last4)
 
 _NEW_GROUPS = """
 CREATE TEMPORARY TABLE rc_new_groups ON COMMIT DROP AS
-SELECT DISTINCT c.merchant_id, c.card_last4 AS last4 FROM rc_card c
- WHERE NOT EXISTS (SELECT 1 FROM rc_groups g
-                    WHERE g.merchant_id = c.merchant_id AND g.last4 = c.card_last4)
+SELECT merchant_id, card_last4 AS last4 FROM rc_card
+ WHERE (merchant_id, card_last4) NOT IN (SELECT merchant_id, last4 FROM rc_groups)
+ GROUP BY merchant_id, card_last4
 """
 
 _CARD_OF_NEW_GROUPS = """
@@ -356,24 +354,29 @@ SELECT s.id AS sale_id, p.pkey,
  WHERE NOT p.reversed
 """
 
-#: The order (time apart, amount apart, sale id, purchase key) is total, so taking every
+#: The order (time apart, amount apart, sale id, purchase key; ids compared byte by byte,
+#: whatever the database's collation) is total, so taking every
 #: pair of the pass that is the best for both of its sides, again and again until none is
-#: left, gives the greedy one-to-one assignment in that order.
+#: left, gives the greedy one-to-one assignment in that order. The pairs whose sale or
+#: purchase a round took leave with it, whatever their pass; the count taken is returned.
 _TAKE_BEST = """
 WITH ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY sale_id ORDER BY dt, da, pkey) AS by_sale,
-              row_number() OVER (PARTITION BY pkey ORDER BY dt, da, sale_id) AS by_purchase
+    SELECT *, row_number() OVER (PARTITION BY sale_id COLLATE "C"
+                                 ORDER BY dt, da, pkey COLLATE "C") AS by_sale,
+              row_number() OVER (PARTITION BY pkey COLLATE "C"
+                                 ORDER BY dt, da, sale_id COLLATE "C") AS by_purchase
       FROM rc_cand WHERE pass <= :pass
+), taken AS (
+    INSERT INTO rc_match (sale_id, pkey, rule, confidence)
+    SELECT sale_id, pkey, :rule, {confidence}
+      FROM ranked WHERE by_sale = 1 AND by_purchase = 1
+    RETURNING sale_id, pkey
+), sales_taken AS (
+    DELETE FROM rc_cand c USING taken t WHERE c.sale_id = t.sale_id
+), purchases_taken AS (
+    DELETE FROM rc_cand c USING taken t WHERE c.pkey = t.pkey
 )
-INSERT INTO rc_match (sale_id, pkey, rule, confidence)
-SELECT sale_id, pkey, :rule, {confidence}
-  FROM ranked WHERE by_sale = 1 AND by_purchase = 1
-"""
-
-#: Pairs whose sale or purchase was just taken leave, whatever their pass.
-_DROP_TAKEN = """
-DELETE FROM rc_cand c USING rc_match m WHERE m.sale_id = c.sale_id;
-DELETE FROM rc_cand c USING rc_match m WHERE m.pkey = c.pkey
+SELECT count(*) FROM taken
 """
 
 #: The passes in order: rule and confidence.
@@ -408,6 +411,13 @@ SELECT m.sale_id, m.pkey, m.rule, m.confidence,
 #: the events (`MATCHES`), not stored.
 _WANT_MATCHES = """
 CREATE TEMPORARY TABLE rc_want_match ON COMMIT DROP AS
+SELECT w.*, t.sale_id IS NOT NULL AS stored,
+       -- not stored yet, or stored with another rule, fields or amounts
+       t.sale_id IS NULL
+       OR (t.card_transaction_id, t.rule, t.fields, t.confidence, t.amount, t.currency)
+          IS DISTINCT FROM (w.card_transaction_id, w.rule, w.fields, w.confidence, w.amount,
+                            w.currency) AS write
+  FROM (
 -- Card purchases, by the pass that matched them.
 SELECT m.merchant_id, m.sale_id, 'card_purchase'::text AS kind, m.pkey AS source_key,
        m.row_id AS card_transaction_id, m.rule,
@@ -424,6 +434,9 @@ UNION ALL
 SELECT merchant_id, sale_id, 'card_refund', pkey, row_id, 'refund_amount',
        jsonb_build_object('refund_id', refund_id, 'amount', amount), 0.90, amount, currency
   FROM rc_refund_pairs WHERE refund_id IS NOT NULL
+  ) w
+  LEFT JOIN reconciliation_matches t
+    ON t.sale_id = w.sale_id AND t.kind = w.kind AND t.source_key = w.source_key
 """
 
 #: Every match, as the API and reports read them: the stored card matches, and the Stripe
@@ -507,6 +520,13 @@ SELECT DISTINCT ON (p.pkey) p.pkey, s.id AS sale_id, m.pkey AS matched
 
 _WANT_EXCEPTIONS = """
 CREATE TEMPORARY TABLE rc_want_exc ON COMMIT DROP AS
+SELECT w.*, t.id AS stored_id, t.status AS stored_status,
+       -- found for the first time, found again after it was resolved (it opens again), or
+       -- found with other values
+       t.id IS NULL OR t.status = 'resolved'
+       OR (t.sale_id, t.card_transaction_id, t.fields, t.opened_at)
+          IS DISTINCT FROM (w.sale_id, w.card_transaction_id, w.fields, w.opened_at) AS write
+  FROM (
 -- Stripe captured another amount than the sale's.
 SELECT s.merchant_id, 'amount_mismatch'::text AS type,
        'sale:' || s.id || '\\:stripe' AS subject_key,
@@ -610,6 +630,9 @@ SELECT m.merchant_id, 'disputed', 'txn:' || r.partner_id || ':' || r.transaction
   FROM rc_card r
   JOIN rc_matched m ON m.pkey = r.partner_id || ':' || r.original_transaction_id
  WHERE r.kind = 'chargeback' AND m.state NOT IN ('disputed', 'dispute_won', 'dispute_lost')
+  ) w
+  LEFT JOIN reconciliation_exceptions t
+    ON t.merchant_id = w.merchant_id AND t.type = w.type AND t.subject_key = w.subject_key
 """
 
 # --------------------------------------------------------------------------------------------
@@ -624,46 +647,20 @@ DELETE FROM reconciliation_matches t
                       AND w.source_key = t.source_key)
 """
 
-#: Matches to write: not stored yet, or stored with another rule, fields or amounts.
-_MATCHES_TO_WRITE = """
-CREATE TEMPORARY TABLE rc_write_match ON COMMIT DROP AS
-SELECT w.*, t.id AS stored_id
-  FROM rc_want_match w
-  LEFT JOIN reconciliation_matches t
-    ON t.sale_id = w.sale_id AND t.kind = w.kind AND t.source_key = w.source_key
- WHERE t.id IS NULL
-    OR (t.card_transaction_id, t.rule, t.fields, t.confidence, t.amount, t.currency)
-       IS DISTINCT FROM (w.card_transaction_id, w.rule, w.fields, w.confidence, w.amount,
-                         w.currency)
-"""
-
-#: Exceptions to write: found for the first time, found again after they were resolved
-#: (they open again), or found with other values.
-_EXCEPTIONS_TO_WRITE = """
-CREATE TEMPORARY TABLE rc_write_exc ON COMMIT DROP AS
-SELECT w.*, t.id AS stored_id, t.status AS stored_status
-  FROM rc_want_exc w
-  LEFT JOIN reconciliation_exceptions t
-    ON t.merchant_id = w.merchant_id AND t.type = w.type AND t.subject_key = w.subject_key
- WHERE t.id IS NULL OR t.status = 'resolved'
-    OR (t.sale_id, t.card_transaction_id, t.fields, t.opened_at)
-       IS DISTINCT FROM (w.sale_id, w.card_transaction_id, w.fields, w.opened_at)
-"""
-
 #: The card transactions the rows to write name, held until the commit (a deletion waits,
-#: then removes the rows with them); one deleted meanwhile takes its rows with it.
+#: then removes the rows with them); a row naming one deleted meanwhile is not written.
 _HELD_IDS = """
-SELECT card_transaction_id FROM rc_write_match
+SELECT card_transaction_id FROM rc_want_match WHERE write
  UNION
-SELECT card_transaction_id FROM rc_write_exc
+SELECT card_transaction_id FROM rc_want_exc WHERE write
 """
 
 _DROP_UNHELD = """
-DELETE FROM rc_write_match w
- WHERE w.card_transaction_id IS NOT NULL
+DELETE FROM rc_want_match w
+ WHERE w.write AND w.card_transaction_id IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM rc_held h WHERE h.id = w.card_transaction_id);
-DELETE FROM rc_write_exc w
- WHERE w.card_transaction_id IS NOT NULL
+DELETE FROM rc_want_exc w
+ WHERE w.write AND w.card_transaction_id IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM rc_held h WHERE h.id = w.card_transaction_id)
 """
 
@@ -671,8 +668,9 @@ _UPDATE_MATCHES = """
 UPDATE reconciliation_matches t
    SET card_transaction_id = w.card_transaction_id, rule = w.rule, fields = w.fields,
        confidence = w.confidence, amount = w.amount, currency = w.currency
-  FROM rc_write_match w
- WHERE t.id = w.stored_id
+  FROM rc_want_match w
+ WHERE w.write AND w.stored
+   AND t.sale_id = w.sale_id AND t.kind = w.kind AND t.source_key = w.source_key
 """
 
 _INSERT_MATCHES = """
@@ -681,8 +679,8 @@ INSERT INTO reconciliation_matches
         amount, currency, created_at)
 SELECT merchant_id, sale_id, kind, source_key, card_transaction_id, rule, fields, confidence,
        amount, currency, now()
-  FROM rc_write_match
- WHERE stored_id IS NULL
+  FROM rc_want_match w
+ WHERE w.write AND NOT w.stored
 """
 
 #: Exceptions of the scope that the rules no longer call for are resolved.
@@ -706,8 +704,8 @@ WITH written AS (
            fields = w.fields, opened_at = w.opened_at,
            status = CASE WHEN t.status = 'resolved' THEN 'open' ELSE t.status END,
            resolved_at = NULL, updated_at = now()
-      FROM rc_write_exc w
-     WHERE t.id = w.stored_id
+      FROM rc_want_exc w
+     WHERE w.write AND t.id = w.stored_id
     RETURNING t.id, t.merchant_id, w.stored_status = 'resolved' AS opened
 )
 SELECT count(*),
@@ -725,8 +723,8 @@ WITH written AS (
     SELECT 'rex_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
            merchant_id, type, subject_key, sale_id, card_transaction_id, fields, 'open',
            opened_at, now()
-      FROM rc_write_exc
-     WHERE stored_id IS NULL
+      FROM rc_want_exc w
+     WHERE w.write AND w.stored_id IS NULL
     RETURNING id, merchant_id
 )
 SELECT count(*),
@@ -882,9 +880,9 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     run(text(_CANDIDATES))
     for number, (rule, confidence) in enumerate(PASSES, start=1):
         take = text(_TAKE_BEST.format(confidence=confidence))
-        while run(take, {"rule": rule, "pass": number}).rowcount:
-            for statement in _DROP_TAKEN.strip().split(";\n"):
-                run(text(statement))
+        taken = None
+        while taken != 0:  # rounds until one takes nothing
+            taken = run(take, {"rule": rule, "pass": number}).scalar_one()
 
     run(text(_MATCHED))
     run(text(_UNMATCHED))
@@ -892,11 +890,11 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     run(text(_REFUND_PAIRS))
     run(text(_WANT_MATCHES))
     run(text(_WANT_EXCEPTIONS), {"as_of": as_of})
+    run(text("ANALYZE rc_want_match, rc_want_exc"))
 
     changed = {"matches_deleted": run(text(_DELETE_MATCHES)).rowcount}
-    run(text(_MATCHES_TO_WRITE))
-    run(text(_EXCEPTIONS_TO_WRITE))
     partnerdata.hold_transactions(session, into="rc_held", ids=_HELD_IDS)
+    run(text("ANALYZE rc_held"))
     for statement in _DROP_UNHELD.strip().split(";\n"):
         run(text(statement))
     changed["matches_written"] = (
@@ -906,7 +904,7 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     listening = sorted(
         outbound.subscribed_merchants(
             session,
-            run(text("SELECT DISTINCT merchant_id FROM rc_write_exc")).scalars(),
+            run(text("SELECT DISTINCT merchant_id FROM rc_want_exc WHERE write")).scalars(),
             "reconciliation.exception",
         )
     )
