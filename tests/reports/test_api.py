@@ -159,6 +159,50 @@ def test_sales_by_offer_and_by_conversation(client, db, merchant):
     ]
 
 
+TITLES = (
+    'Quote " and back\\slash',
+    "\u202eRTL override\u200b zero width",
+    "Emoji \U0001f600 and \u00e9\u00e8 accents",
+    "</script><script>alert(1)</script>",
+    "{{7*7}} ${7*7} '; DROP TABLE sales; --",
+)
+
+
+def test_offer_titles_come_back_exactly_whatever_they_hold(client, db, merchant):
+    # The rows of the sales report are written as JSON by PostgreSQL: the text of each title
+    # must survive that encoding and the response exactly, in JSON and in CSV.
+    merchant_id, headers = merchant
+    at = _local(2026, 6, 2, 10)
+    expected = {}
+    for i, title in enumerate(TITLES):
+        sale = add_sale(db, merchant_id, at + timedelta(minutes=i), amount=100 + i)
+        db.execute(
+            text("UPDATE offers SET title = :t WHERE id = :o"), {"t": title, "o": sale.offer_id}
+        )
+        expected[sale.offer_id] = (title, 100 + i)
+    db.flush()
+    query = {"from": "2026-06-02", "to": "2026-06-02", "by": "offer"}
+    body = client.get("/v1/reports/sales", query_string=query, headers=headers).json
+    assert {r["offer_id"]: (r["offer_title"], r["gross"]) for r in body["rows"]} == expected
+    assert body["totals"] == [
+        {
+            "currency": "USD",
+            "count": len(TITLES),
+            "gross": sum(100 + i for i in range(len(TITLES))),
+            "refunds": 0,
+            "disputes": 0,
+            "net": sum(100 + i for i in range(len(TITLES))),
+        }
+    ]
+    answer = client.get(
+        "/v1/reports/sales", query_string=query, headers={**headers, "Accept": "text/csv"}
+    )
+    rows = list(csv.DictReader(io.StringIO(answer.get_data(as_text=True))))
+    assert {r["offer_id"]: r["offer_title"] for r in rows} == {
+        o: t for o, (t, _) in expected.items()
+    }
+
+
 def test_funnel_counts_and_rates(client, db, merchant):
     merchant_id, headers = merchant
     rng = random.Random(5)
