@@ -884,6 +884,7 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
         while taken != 0:  # rounds until one takes nothing
             taken = run(take, {"rule": rule, "pass": number}).scalar_one()
 
+    run(text("ANALYZE rc_match"))
     run(text(_MATCHED))
     run(text(_UNMATCHED))
     run(text(_DUPLICATE_OF))
