@@ -95,6 +95,10 @@ class _Cut:
     edges: tuple[datetime, ...]
     #: (period, start, end) of each period as the API writes them.
     labels: tuple[tuple[str | None, str, str], ...]
+    #: The edges as PostgreSQL array literals, parsed by the server in one go (a Python list
+    #: of a year of days is adapted element by element on every request).
+    day_literal: str
+    edge_literal: str
 
 
 @lru_cache(maxsize=256)
@@ -121,7 +125,14 @@ def _cut(tz_name: str, first: date, last: date, grouping: str | None) -> _Cut:
         (p.isoformat() if p is not None else None, texts[i], texts[i + 1])
         for i, p in enumerate(periods)
     )
-    return _Cut(tuple(periods), tuple(days), tuple(edges), labels)
+    return _Cut(
+        tuple(periods),
+        tuple(days),
+        tuple(edges),
+        labels,
+        "{" + ",".join(d.isoformat() for d in days) + "}",
+        "{" + ",".join(e.isoformat() for e in edges) + "}",
+    )
 
 
 def _edges(query: Query) -> _Cut:
@@ -161,9 +172,7 @@ def _sums(session: Session, query: Query, measures: Sequence[str]) -> _Sums:
         table, key, slot = "report_merchant_days", "day", "width_bucket(t, CAST(:edges AS date[]))"
         delta_key = "(at AT TIME ZONE :tz)::date"
         where = "day >= :first AND day < :stop"
-        params.update(
-            edges=list(cut.day_edges), tz=w.tz_name, first=w.first, stop=cut.day_edges[-1]
-        )
+        params.update(edges=cut.day_literal, tz=w.tz_name, first=w.first, stop=cut.day_edges[-1])
     else:
         if query.by:
             table = "report_offer_rollups"
@@ -174,7 +183,7 @@ def _sums(session: Session, query: Query, measures: Sequence[str]) -> _Sums:
         key, slot = "bucket", "width_bucket(t, CAST(:edges AS timestamptz[]))"
         delta_key = "at"
         where = "bucket >= :start AND bucket < :end"
-        params.update(edges=list(cut.edges))
+        params.update(edges=cut.edge_literal)
     columns = ", ".join(measures)
     dim_select = "".join(f"{d}, " for d in dims)
     group = ", ".join(["slot", *dims, "currency"])
@@ -247,21 +256,22 @@ def sales_report(session: Session, query: Query) -> dict[str, Any]:
     width = len(dims)
     rows = []
     totals: dict[str, list[int]] = {}
-    for slot, *rest in found.rows:
-        paid, gross, refunds, disputes, net = rest[width + 1 :]
+    for row in found.rows:
+        slot, *named, currency, paid, gross, refunds, disputes, net = row
         if not (paid or gross or refunds or disputes or net):
             continue  # only touchpoints in this cell: nothing sold
-        currency = rest[width]
         period, start, end = labels[slot - 1]
         out: dict[str, Any] = {"period": period, "start": start, "end": end}
-        for name, value in zip(dims, rest[:width], strict=True):
-            out[name] = value
-        out["currency"] = currency
-        out["count"] = paid
-        out["gross"] = gross
-        out["refunds"] = refunds
-        out["disputes"] = disputes
-        out["net"] = net
+        if width:
+            out.update(zip(dims, named, strict=True))
+        out |= {
+            "currency": currency,
+            "count": paid,
+            "gross": gross,
+            "refunds": refunds,
+            "disputes": disputes,
+            "net": net,
+        }
         rows.append(out)
         total = totals.get(currency)
         if total is None:
