@@ -5,7 +5,8 @@ here: reports read it from the sales. A row here is a card purchase at one of th
 merchant's MIDs, made outside the chat, credited to a touchpoint of that cardholder with
 one of the merchant's offers, under one model. It is derived data: `engine.attribute`
 recomputes it for a scope with the same SQL whether one event or a batch asked, and it is
-deleted with the card transaction it came from when the cardholder's consent ends.
+deleted with the card transaction it came from when the cardholder's consent ends, and
+with the touchpoint it credits (which goes with its offer, conversation or merchant).
 """
 
 from __future__ import annotations
@@ -70,15 +71,18 @@ class Attribution(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id", ondelete="CASCADE"))
+    #: The merchant, offer and conversation are the touchpoint's: deleting any of them
+    #: deletes the touchpoint (or is refused while it exists), and the touchpoint's foreign
+    #: key takes the credit with it, so they need no foreign key of their own here.
+    merchant_id: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(16))
     #: The purchase, `partner:transaction id`, and its authorization (or clearing) row.
     purchase_key: Mapped[str] = mapped_column(String(260))
     card_transaction_id: Mapped[str] = mapped_column(
         ForeignKey("card_transactions.id", ondelete="CASCADE"), index=True
     )
-    offer_id: Mapped[str] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"), index=True)
-    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    offer_id: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[str] = mapped_column(String(32))
     touchpoint_id: Mapped[str] = mapped_column(ForeignKey("touchpoints.id", ondelete="CASCADE"))
     #: clicked, accepted or viewed, and the window it opened, e.g. `click_7d`, `view_1d`.
     touch_kind: Mapped[str] = mapped_column(String(16))

@@ -7,14 +7,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from commerce.attribution import engine
 from commerce.attribution.models import Attribution
 from commerce.offers.services import record_touchpoint
 from commerce.reconciliation import engine as reconciliation
 from commerce.reconciliation.engine import Scope
-from tests.alerts.helpers import consent
+from tests.alerts.helpers import OPERATOR, consent
 from tests.factories import ConversationFactory, CustomerFactory, OfferFactory
 from tests.reconciliation.scenario import T0, open_shop
 
@@ -219,3 +220,106 @@ def test_each_credit_takes_back_under_its_own_offers_return_period(shop):
             ("linear", long.id, "click_7d", 500, 500, "taken_back"),
         ]
     )
+
+
+def credited(shop, an_offer):
+    """One purchase credited under each model to a click on `an_offer`."""
+    touch(shop, an_offer, "clicked", T0 - timedelta(hours=1))
+    shop.card("authorized", 1000, at=T0)
+    run(shop)
+    assert len(credits(shop)) == 3
+
+
+def stored(shop):
+    """Every credit stored, whatever its merchant."""
+    return shop.db.scalar(select(func.count()).select_from(Attribution))
+
+
+def test_deleting_an_offer_takes_the_credits_of_its_touchpoints(shop):
+    kept, gone = offer(shop), offer(shop)
+    touch(shop, kept, "clicked", T0 - timedelta(hours=2))
+    touch(shop, gone, "clicked", T0 - timedelta(hours=1))
+    shop.card("authorized", 1000, at=T0)
+    run(shop)
+    assert {row[1] for row in credits(shop)} == {kept.id, gone.id}
+    shop.db.execute(text("DELETE FROM offers WHERE id = :id"), {"id": gone.id})
+    assert {row[1] for row in credits(shop)} == {kept.id}
+
+
+def test_deleting_a_touchpoint_takes_its_credits(shop):
+    credited(shop, offer(shop))
+    shop.db.execute(text("DELETE FROM touchpoints WHERE merchant_id = :m"), {"m": shop.merchant_id})
+    assert stored(shop) == 0
+
+
+def test_deleting_the_merchant_takes_its_credits(shop):
+    credited(shop, offer(shop))
+    # The bank's card facts outlive the merchant, no longer at one of its MIDs: only the
+    # merchant's own deletion (through its offers and touchpoints) can take the credits.
+    shop.db.execute(
+        text("UPDATE card_transactions SET merchant_id = NULL WHERE merchant_id = :m"),
+        {"m": shop.merchant_id},
+    )
+    shop.db.execute(text("DELETE FROM merchants WHERE id = :m"), {"m": shop.merchant_id})
+    assert stored(shop) == 0
+
+
+def test_a_conversation_with_credited_touchpoints_cannot_be_deleted(shop):
+    credited(shop, offer(shop))
+    with pytest.raises(IntegrityError), shop.db.begin_nested():
+        shop.db.execute(
+            text("DELETE FROM conversations WHERE id = :id"), {"id": shop.conversation.id}
+        )
+    assert stored(shop) == 3
+
+
+def test_terminating_the_partners_agreement_removes_the_credits(shop, client):
+    from commerce.partners.models import Agreement
+
+    credited(shop, offer(shop))
+    agreement = shop.db.scalar(select(Agreement.id).where(Agreement.partner_id == shop.partner_id))
+    answer = client.post(
+        f"/v1/partners/{shop.partner_id}/agreements/{agreement}/terminate", headers=OPERATOR
+    )
+    assert answer.status_code == 200, answer.json
+    assert stored(shop) == 0
+
+
+def test_erasing_the_customer_removes_the_credits(shop, client):
+    credited(shop, offer(shop))
+    erased = client.delete(f"/v1/customers/{shop.conversation.customer_id}", headers=OPERATOR)
+    assert erased.status_code == 200, erased.json
+    assert stored(shop) == 0
+
+
+def test_each_new_last_touch_credit_is_announced_once(shop):
+    from commerce.outbound import services as outbound
+    from commerce.outbound.guard import AddressPolicy
+    from commerce.outbound.models import OutboundEvent
+
+    outbound.create_endpoint(
+        shop.db,
+        merchant_id=shop.merchant_id,
+        url="http://127.0.0.1:9/hooks",
+        event_types=["attribution.created"],
+        policy=AddressPolicy(allow=frozenset({("127.0.0.1", 9)})),
+    )
+    a, b = offer(shop), offer(shop)
+    touch(shop, a, "clicked", T0 - timedelta(hours=2))
+    touch(shop, b, "viewed", T0 - timedelta(hours=1))
+    shop.card("authorized", 1000, at=T0)
+    shop.card("authorized", 400, at=T0 + timedelta(minutes=30))
+    run(shop)
+    run(shop)
+    engine.attribute_period(shop.db, T0 - timedelta(days=1), T0 + timedelta(days=1))
+    events = [
+        e.payload["data"]
+        for e in shop.db.scalars(
+            select(OutboundEvent).where(OutboundEvent.type == "attribution.created")
+        )
+    ]
+    last = shop.db.scalars(select(Attribution).where(Attribution.model == "last_touch")).all()
+    assert sorted((e["id"], e["offer_id"], e["amount"]) for e in events) == sorted(
+        (row.id, b.id, row.amount) for row in last
+    )
+    assert sorted(e["amount"] for e in events) == [400, 1000]
