@@ -47,7 +47,7 @@ from commerce.outbound import services as outbound
 PURPOSE = "sales_attribution"
 ACTOR = "system:attribution"
 
-_DERIVED = ("at_purch", "at_touch", "at_want", "at_period_holders")
+_DERIVED = ("at_purch", "at_want")
 
 _CREATE = """
 CREATE TEMPORARY TABLE at_holders (
@@ -55,109 +55,130 @@ CREATE TEMPORARY TABLE at_holders (
 ) ON COMMIT DROP
 """
 
-#: A cardholder's purchases: authorization and clearing of one transaction id together, at
-#: one of a merchant's MIDs, left unmatched by reconciliation (`orphan_transaction`).
+#: A cardholder's purchases: authorization and clearing of one transaction id together (at
+#: most one of each, by the unique partner, kind and transaction id), at one of a merchant's
+#: MIDs, left unmatched by reconciliation (`orphan_transaction`).
 _PURCHASES = """
 CREATE TEMPORARY TABLE at_purch ON COMMIT DROP AS
 SELECT k.partner_id || ':' || k.transaction_id AS pkey, k.partner_id, k.transaction_id,
-       coalesce(a.id, c.id) AS row_id, coalesce(a.merchant_id, c.merchant_id) AS merchant_id,
-       coalesce(a.customer_ref, c.customer_ref) AS customer_ref,
-       coalesce(c.amount, a.amount) AS amount, coalesce(a.currency, c.currency) AS currency,
-       coalesce(a.occurred_at, c.occurred_at) AS at,
-       md5(k.partner_id || ':' || coalesce(a.customer_ref, c.customer_ref)) AS cardholder
-  FROM (SELECT DISTINCT partner_id, transaction_id FROM at_card
-         WHERE kind IN ('authorized', 'cleared')) k
-  LEFT JOIN at_card a ON a.partner_id = k.partner_id AND a.transaction_id = k.transaction_id
-                     AND a.kind = 'authorized'
-  LEFT JOIN at_card c ON c.partner_id = k.partner_id AND c.transaction_id = k.transaction_id
-                     AND c.kind = 'cleared'
- WHERE coalesce(a.id, c.id) IN (
+       k.row_id, k.merchant_id, k.customer_ref, k.amount, k.currency, k.at,
+       md5(k.partner_id || ':' || k.customer_ref) AS cardholder
+  FROM (SELECT partner_id, transaction_id,
+               coalesce(min(id) FILTER (WHERE kind = 'authorized'),
+                        min(id) FILTER (WHERE kind = 'cleared')) AS row_id,
+               coalesce(min(merchant_id) FILTER (WHERE kind = 'authorized'),
+                        min(merchant_id) FILTER (WHERE kind = 'cleared')) AS merchant_id,
+               coalesce(min(customer_ref) FILTER (WHERE kind = 'authorized'),
+                        min(customer_ref) FILTER (WHERE kind = 'cleared')) AS customer_ref,
+               coalesce(min(amount) FILTER (WHERE kind = 'cleared'),
+                        min(amount) FILTER (WHERE kind = 'authorized')) AS amount,
+               coalesce(min(currency) FILTER (WHERE kind = 'authorized'),
+                        min(currency) FILTER (WHERE kind = 'cleared')) AS currency,
+               coalesce(min(occurred_at) FILTER (WHERE kind = 'authorized'),
+                        min(occurred_at) FILTER (WHERE kind = 'cleared')) AS at
+          FROM at_card
+         WHERE kind IN ('authorized', 'cleared')
+         GROUP BY partner_id, transaction_id) k
+ WHERE k.row_id IN (
         SELECT card_transaction_id FROM reconciliation_exceptions
          WHERE type = 'orphan_transaction' AND status <> 'resolved'
            AND card_transaction_id IS NOT NULL)
 """
 
-#: Touchpoints of the cardholder (through their consent's chat identity) with the same
-#: merchant's offers, within the offer's (else the merchant's) window before the purchase.
-_TOUCHES = """
-CREATE TEMPORARY TABLE at_touch ON COMMIT DROP AS
-SELECT p.pkey, p.row_id, p.merchant_id, p.amount, p.currency, p.at, p.cardholder,
-       t.id AS touchpoint_id, t.offer_id, t.conversation_id, t.kind AS touch_kind,
-       t.occurred_at AS touched_at, w.seconds,
-       CASE WHEN t.kind = ANY(CAST(:click_kinds AS text[])) THEN 'click' ELSE 'view' END || '_' ||
-       CASE WHEN w.seconds % 86400 = 0 THEN (w.seconds / 86400) || 'd'
-            WHEN w.seconds % 3600 = 0 THEN (w.seconds / 3600) || 'h'
-            ELSE (w.seconds / 60) || 'm' END AS win,
-       coalesce(o.return_period_days, st.return_period_days, :default_return_days)
-         AS return_days
-  FROM at_purch p
-  JOIN consents cn ON cn.partner_id = p.partner_id AND cn.customer_ref = p.customer_ref
-                  AND cn.status = 'granted' AND cn.chat_user_id IS NOT NULL
-  JOIN customers cu ON cu.channel = cn.chat_channel AND cu.channel_user_id = cn.chat_user_id
-  JOIN conversations cv ON cv.customer_id = cu.id AND cv.merchant_id = p.merchant_id
-  JOIN touchpoints t ON t.conversation_id = cv.id
-                    AND t.kind = ANY(CAST(:touch_kinds AS text[]))
-                    AND t.occurred_at <= p.at
-  JOIN offers o ON o.id = t.offer_id
-  LEFT JOIN attribution_settings st ON st.merchant_id = p.merchant_id
-  CROSS JOIN LATERAL (
-        SELECT CASE WHEN t.kind = ANY(CAST(:click_kinds AS text[]))
-                    THEN coalesce(o.click_window_seconds, st.click_window_seconds,
-                                  :default_click)
-                    ELSE coalesce(o.view_window_seconds, st.view_window_seconds,
-                                  :default_view) END AS seconds
-  ) w
- WHERE t.occurred_at > p.at - make_interval(secs => w.seconds)
-"""
-
-#: The credits each model calls for, with refunds and reversals in the return period.
+#: The credits each model calls for. The touchpoints are the cardholder's (through their
+#: consent's chat identity) with the same merchant's offers, within the offer's (else the
+#: merchant's) window before the purchase; refunds and reversals count within the return
+#: period of each credit's offer (else the merchant's).
 _WANT = """
 CREATE TEMPORARY TABLE at_want ON COMMIT DROP AS
-WITH ranked AS (
+WITH touch AS (
+    SELECT p.pkey, p.partner_id, p.transaction_id, p.row_id, p.merchant_id, p.amount,
+           p.currency, p.at, p.cardholder,
+           t.id AS touchpoint_id, t.offer_id, t.conversation_id, t.kind AS touch_kind,
+           t.occurred_at AS touched_at,
+           CASE WHEN t.kind = ANY(CAST(:click_kinds AS text[])) THEN 'click' ELSE 'view' END
+             || '_' ||
+           CASE WHEN w.seconds % 86400 = 0 THEN (w.seconds / 86400) || 'd'
+                WHEN w.seconds % 3600 = 0 THEN (w.seconds / 3600) || 'h'
+                ELSE (w.seconds / 60) || 'm' END AS win,
+           coalesce(o.return_period_days, st.return_period_days, :default_return_days)
+             AS return_days
+      FROM at_purch p
+      JOIN consents cn ON cn.partner_id = p.partner_id AND cn.customer_ref = p.customer_ref
+                      AND cn.status = 'granted' AND cn.chat_user_id IS NOT NULL
+      JOIN customers cu ON cu.channel = cn.chat_channel AND cu.channel_user_id = cn.chat_user_id
+      JOIN conversations cv ON cv.customer_id = cu.id AND cv.merchant_id = p.merchant_id
+      JOIN touchpoints t ON t.conversation_id = cv.id
+                        AND t.kind = ANY(CAST(:touch_kinds AS text[]))
+                        AND t.occurred_at <= p.at
+      JOIN offers o ON o.id = t.offer_id
+      LEFT JOIN attribution_settings st ON st.merchant_id = p.merchant_id
+      CROSS JOIN LATERAL (
+            SELECT CASE WHEN t.kind = ANY(CAST(:click_kinds AS text[]))
+                        THEN coalesce(o.click_window_seconds, st.click_window_seconds,
+                                      :default_click)
+                        ELSE coalesce(o.view_window_seconds, st.view_window_seconds,
+                                      :default_view) END AS seconds
+      ) w
+     WHERE t.occurred_at > p.at - make_interval(secs => w.seconds)
+), ranked AS (
+    -- The n-th of `touches` in time (ties by id): the last touch is n = touches.
     SELECT t.*,
-           row_number() OVER (PARTITION BY pkey ORDER BY touched_at DESC, touchpoint_id DESC)
-             AS latest,
            row_number() OVER (PARTITION BY pkey ORDER BY touched_at, touchpoint_id) AS n,
            count(*) OVER (PARTITION BY pkey) AS touches
-      FROM at_touch t
-), credits AS (
-    SELECT 'last_touch'::text AS model, r.*, 1::numeric AS weight, amount AS share_num,
-           1 AS share_den, 0 AS share_prev
-      FROM ranked r WHERE latest = 1
-    UNION ALL
-    SELECT 'first_touch', r.*, 1, amount, 1, 0 FROM ranked r WHERE n = 1
-    UNION ALL
-    SELECT 'linear', r.*, round(1.0 / touches, 6), amount, touches, n - 1 FROM ranked r
-), spans AS (
-    SELECT DISTINCT pkey, at, return_days FROM at_touch
+      FROM touch t
 ), refunds AS (
-    SELECT s.pkey, s.return_days, sum(f.amount) AS refunds
-      FROM spans s
-      JOIN at_card f ON f.kind = 'refunded'
-                    AND f.partner_id || ':' || f.original_transaction_id = s.pkey
-                    AND f.occurred_at <= s.at + make_interval(days => s.return_days)
+    SELECT partner_id, original_transaction_id AS transaction_id,
+           array_agg(occurred_at) AS ats, array_agg(amount) AS amounts
+      FROM at_card WHERE kind = 'refunded'
      GROUP BY 1, 2
 ), reversals AS (
-    SELECT DISTINCT s.pkey, s.return_days
-      FROM spans s
-      JOIN at_card f ON f.kind = 'reversed'
-                    AND f.partner_id || ':' || coalesce(f.original_transaction_id,
-                                                        f.transaction_id) = s.pkey
-                    AND f.occurred_at <= s.at + make_interval(days => s.return_days)
+    SELECT partner_id, coalesce(original_transaction_id, transaction_id) AS transaction_id,
+           min(occurred_at) AS first_at
+      FROM at_card WHERE kind = 'reversed'
+     GROUP BY 1, 2
 ), back AS (
-    SELECT c.*, coalesce(r.refunds, 0) AS refunds, v.pkey IS NOT NULL AS reversed
-      FROM credits c
-      LEFT JOIN refunds r ON r.pkey = c.pkey AND r.return_days = c.return_days
-      LEFT JOIN reversals v ON v.pkey = c.pkey AND v.return_days = c.return_days
+    SELECT r.*,
+           coalesce((SELECT sum(x.amount) FROM unnest(f.ats, f.amounts) AS x(at, amount)
+                      WHERE x.at <= r.at + make_interval(days => r.return_days)), 0)
+             AS refunds,
+           coalesce(v.first_at <= r.at + make_interval(days => r.return_days), false)
+             AS reversed
+      FROM ranked r
+      LEFT JOIN refunds f ON f.partner_id = r.partner_id
+                         AND f.transaction_id = r.transaction_id
+      LEFT JOIN reversals v ON v.partner_id = r.partner_id
+                           AND v.transaction_id = r.transaction_id
+), want AS (
+    SELECT m.model, b.merchant_id, b.pkey, b.row_id, b.offer_id, b.conversation_id,
+           b.touchpoint_id, b.touch_kind, b.win,
+           CASE m.model WHEN 'linear' THEN round(1.0 / b.touches, 6) ELSE 1 END AS weight,
+           b.currency, b.at AS purchased_at, b.touched_at, b.cardholder,
+           -- Whole minor units: the n-th of k touches gets floor(a*n/k) - floor(a*(n-1)/k).
+           CASE m.model WHEN 'linear' THEN b.amount * b.n / b.touches
+                                           - b.amount * (b.n - 1) / b.touches
+                ELSE b.amount END AS amount,
+           CAST(CASE m.model WHEN 'linear' THEN r.back * b.n / b.touches
+                                                - r.back * (b.n - 1) / b.touches
+                     ELSE r.back END AS bigint) AS refunded,
+           CASE WHEN b.reversed OR b.refunds >= b.amount THEN 'taken_back' ELSE 'active' END
+             AS status
+      FROM back b
+     CROSS JOIN LATERAL (SELECT least(b.refunds, b.amount) AS back) AS r
+     CROSS JOIN (VALUES ('last_touch'), ('first_touch'), ('linear')) AS m(model)
+     WHERE m.model = 'linear' OR (m.model = 'first_touch' AND b.n = 1)
+        OR (m.model = 'last_touch' AND b.n = b.touches)
 )
-SELECT model, merchant_id, pkey, row_id, offer_id, conversation_id, touchpoint_id, touch_kind,
-       win, weight, currency, at AS purchased_at, touched_at, cardholder,
-       -- Whole minor units: the n-th of k touches gets floor(a*n/k) - floor(a*(n-1)/k).
-       (amount * (share_prev + 1) / share_den) - (amount * share_prev / share_den) AS amount,
-       (least(refunds, amount) * (share_prev + 1) / share_den)
-         - (least(refunds, amount) * share_prev / share_den) AS refunded,
-       CASE WHEN reversed OR refunds >= amount THEN 'taken_back' ELSE 'active' END AS status
-  FROM back
+-- Whether the stored credit differs (or is missing), found before anything is written.
+SELECT w.*,
+       s.id IS NULL
+       OR (s.card_transaction_id, s."window", s.weight, s.amount, s.refunded, s.currency,
+           s.purchased_at, s.touched_at, s.status)
+          IS DISTINCT FROM (w.row_id, w.win, w.weight, w.amount, w.refunded, w.currency,
+                            w.purchased_at, w.touched_at, w.status) AS changed
+  FROM want w
+  LEFT JOIN attributions s ON s.purchase_key = w.pkey AND s.model = w.model
+                          AND s.touchpoint_id = w.touchpoint_id
 """
 
 _DELETE = """
@@ -168,30 +189,46 @@ DELETE FROM attributions a
                       AND w.touchpoint_id = a.touchpoint_id)
 """
 
+#: The credits that are new or differ from the stored ones, and only those, are written:
+#: a run over data that did not change writes nothing. ON CONFLICT covers a concurrent run
+#: that wrote the same credit first.
 _UPSERT = """
-INSERT INTO attributions AS a
-       (id, merchant_id, model, purchase_key, card_transaction_id, offer_id, conversation_id,
-        touchpoint_id, touch_kind, "window", weight, amount, refunded, currency, purchased_at,
-        touched_at, status, cardholder, created_at, updated_at)
-SELECT 'atr_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
-       merchant_id, model, pkey, row_id, offer_id, conversation_id, touchpoint_id, touch_kind,
-       win, weight, amount, refunded, currency, purchased_at, touched_at, status,
-       cardholder, now(), now()
-  FROM at_want
-ON CONFLICT (purchase_key, model, touchpoint_id) DO UPDATE
-   SET merchant_id = excluded.merchant_id, card_transaction_id = excluded.card_transaction_id,
-       offer_id = excluded.offer_id, conversation_id = excluded.conversation_id,
-       touch_kind = excluded.touch_kind, "window" = excluded."window", weight = excluded.weight,
-       amount = excluded.amount, refunded = excluded.refunded, currency = excluded.currency,
-       purchased_at = excluded.purchased_at, touched_at = excluded.touched_at,
-       status = excluded.status, cardholder = excluded.cardholder, updated_at = now()
- WHERE (a.card_transaction_id, a."window", a.weight, a.amount, a.refunded, a.currency,
-        a.purchased_at, a.touched_at, a.status)
-       IS DISTINCT FROM (excluded.card_transaction_id, excluded."window", excluded.weight,
-                         excluded.amount, excluded.refunded, excluded.currency,
-                         excluded.purchased_at, excluded.touched_at, excluded.status)
-RETURNING a.id, a.merchant_id, a.model, a.status, a.offer_id, a.conversation_id, a."window",
-          a.amount, a.refunded, a.currency, a.purchased_at, (a.xmax = 0) AS inserted
+WITH written AS (
+    INSERT INTO attributions AS a
+           (id, merchant_id, model, purchase_key, card_transaction_id, offer_id,
+            conversation_id, touchpoint_id, touch_kind, "window", weight, amount, refunded,
+            currency, purchased_at, touched_at, status, cardholder, created_at, updated_at)
+    SELECT 'atr_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
+           w.merchant_id, w.model, w.pkey, w.row_id, w.offer_id, w.conversation_id,
+           w.touchpoint_id, w.touch_kind, w.win, w.weight, w.amount, w.refunded, w.currency,
+           w.purchased_at, w.touched_at, w.status, w.cardholder, now(), now()
+      FROM at_want w
+     WHERE w.changed
+    ON CONFLICT (purchase_key, model, touchpoint_id) DO UPDATE
+       SET merchant_id = excluded.merchant_id,
+           card_transaction_id = excluded.card_transaction_id,
+           offer_id = excluded.offer_id, conversation_id = excluded.conversation_id,
+           touch_kind = excluded.touch_kind, "window" = excluded."window",
+           weight = excluded.weight, amount = excluded.amount, refunded = excluded.refunded,
+           currency = excluded.currency, purchased_at = excluded.purchased_at,
+           touched_at = excluded.touched_at, status = excluded.status,
+           cardholder = excluded.cardholder, updated_at = now()
+     WHERE (a.card_transaction_id, a."window", a.weight, a.amount, a.refunded, a.currency,
+            a.purchased_at, a.touched_at, a.status)
+           IS DISTINCT FROM (excluded.card_transaction_id, excluded."window", excluded.weight,
+                             excluded.amount, excluded.refunded, excluded.currency,
+                             excluded.purchased_at, excluded.touched_at, excluded.status)
+    RETURNING a.id, a.merchant_id, a.model, a.status, a.offer_id, a.conversation_id,
+              a."window", a.amount, a.refunded, a.currency, a.purchased_at,
+              (a.xmax = 0) AS inserted
+), announced AS (
+    -- `attribution.created`: new credits under the default model, at merchants listening.
+    SELECT * FROM written
+     WHERE inserted AND model = 'last_touch' AND status = 'active'
+       AND merchant_id = ANY(CAST(:listening AS text[]))
+)
+SELECT (SELECT count(*) FROM written) AS written, announced.*
+  FROM (SELECT 1) AS one LEFT JOIN announced ON true
 """
 
 
@@ -217,22 +254,22 @@ def _start(session: Session) -> None:
     session.execute(text("SET LOCAL jit = off"))
     for table in ("at_holders", "at_card", *_DERIVED):
         session.execute(text(f"DROP TABLE IF EXISTS pg_temp.{table}"))
-    session.execute(text(_CREATE))
 
 
 def attribute(session: Session, cardholders: Iterable[tuple[str, str]]) -> Outcome:
     """Attribute every purchase of these (partner id, customer ref) cardholders."""
     holders = sorted(set(cardholders))
     _start(session)
+    session.execute(text(_CREATE))
     if holders:
         session.execute(
             text(
                 "INSERT INTO at_holders SELECT * FROM unnest(CAST(:p AS text[]),"
-                " CAST(:c AS text[])) ON CONFLICT DO NOTHING"
+                " CAST(:c AS text[]))"
             ),
             {"p": [h[0] for h in holders], "c": [h[1] for h in holders]},
         )
-    return _run(session)
+    return _run(session, len(holders))
 
 
 def attribute_period(
@@ -243,7 +280,7 @@ def attribute_period(
     session.execute(text("SET LOCAL statement_timeout = 0"))
     partnerdata.stage_transactions(
         session,
-        into="at_period_holders",
+        into="at_holders",
         purpose=PURPOSE,
         actor=ACTOR,
         where=[
@@ -258,10 +295,8 @@ def attribute_period(
         ],
         columns=("partner_id", "customer_ref"),
     )
-    session.execute(
-        text("INSERT INTO at_holders SELECT partner_id, customer_ref FROM at_period_holders")
-    )
-    return _run(session)
+    holders = session.execute(text("SELECT count(*) FROM at_holders")).scalar_one()
+    return _run(session, holders)
 
 
 def cardholders_of_chat_user(session: Session, channel: str, user_id: str) -> list[tuple[str, str]]:
@@ -295,7 +330,7 @@ def conversation_changed(session: Session, conversation_id: str) -> None:
         reconciliation.enqueue(session, row[0], cardholders=holders)
 
 
-def _run(session: Session) -> Outcome:
+def _run(session: Session, holders: int) -> Outcome:
     run = session.execute
     partnerdata.stage_transactions(
         session,
@@ -311,39 +346,26 @@ def _run(session: Session) -> Outcome:
         ],
     )
     run(text("ANALYZE at_card"))
-    run(text(_PURCHASES))
+    purchases = run(text(_PURCHASES)).rowcount
     run(text("ANALYZE at_purch"))
-    params = _params()
-    run(text(_TOUCHES), params)
-    run(text(_WANT))
+    credits = run(text(_WANT), _params()).rowcount
     deleted = run(text(_DELETE)).rowcount
-    written = run(text(_UPSERT)).all()
-    announce(session, [row for row in written if row.inserted])
-    counts = run(
-        text(
-            "SELECT (SELECT count(*) FROM at_holders), (SELECT count(*) FROM at_purch),"
-            " (SELECT count(*) FROM at_want)"
-        )
-    ).one()
+    merchants = run(text("SELECT DISTINCT merchant_id FROM at_purch")).scalars()
+    listening = outbound.subscribed_merchants(session, merchants, "attribution.created")
+    rows = run(text(_UPSERT), {"listening": sorted(listening)}).all()
+    announce(session, [row for row in rows if row.id is not None])
     return Outcome(
-        cardholders=counts[0],
-        purchases=counts[1],
-        credits=counts[2],
-        changed={"deleted": deleted, "written": len(written)},
+        cardholders=holders,
+        purchases=purchases,
+        credits=credits,
+        changed={"deleted": deleted, "written": rows[0].written},
     )
 
 
 def announce(session: Session, rows: Sequence[Any]) -> None:
-    """`attribution.created` for each new credit under the default model (last touch)."""
-    rows = [r for r in rows if r.model == "last_touch" and r.status == "active"]
-    if not rows:
-        return
-    listening = outbound.subscribed_merchants(
-        session, (row.merchant_id for row in rows), "attribution.created"
-    )
+    """`attribution.created` for each of these new credits (the upsert returns the new
+    active `last_touch` credits of merchants with an endpoint listening for it)."""
     for row in rows:
-        if row.merchant_id not in listening:
-            continue
         outbound.emit(
             session,
             merchant_id=row.merchant_id,
