@@ -40,6 +40,9 @@ EXCEPTION_TYPES = (
 )
 EXCEPTION_STATUSES = ("open", "acknowledged", "resolved")
 MATCH_KINDS = ("stripe_charge", "stripe_refund", "card_purchase", "card_refund")
+#: Stripe's matches follow from a sale's own events and are read from them
+#: (`engine.MATCHES`); only card matches are stored.
+STORED_MATCH_KINDS = ("card_purchase", "card_refund")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
@@ -75,32 +78,31 @@ DEFAULT_CLEARING_DAYS = 7
 
 
 class ReconciliationMatch(Base):
-    """One link between a sale and what a source reported about it, with how it was made.
+    """One link between a sale and a card purchase or card refund, with how it was made.
 
-    `source_key` names the other side: a Stripe charge or refund id, or a card purchase
-    (`partner_id:transaction_id`) or card refund. `rule` says which rule linked them,
-    `fields` which fields agreed (with their values), and `confidence` how sure the rule is:
-    1 for an exact id, less for a match on amount, card and time.
+    `source_key` names the card purchase (`partner_id:transaction_id`) or card refund.
+    `rule` says which rule linked them, `fields` which fields agreed (with their values), and
+    `confidence` how sure the rule is. Stripe's charges and refunds are matched by their own
+    ids, from the sale's events, and read with the stored ones through `engine.MATCHES`.
     """
 
     __tablename__ = "reconciliation_matches"
     __table_args__ = (
-        UniqueConstraint("sale_id", "kind", "source_key"),
-        CheckConstraint(_in("kind", MATCH_KINDS), name="kind_known"),
+        CheckConstraint(_in("kind", STORED_MATCH_KINDS), name="kind_known"),
         CheckConstraint("confidence > 0 AND confidence <= 1", name="confidence_range"),
-        Index("ix_reconciliation_matches_merchant_id_kind", "merchant_id", "kind"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id", ondelete="CASCADE"))
-    sale_id: Mapped[str] = mapped_column(ForeignKey("sales.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    source_key: Mapped[str] = mapped_column(String(260))
-    #: For card matches: the authorization (or first clearing) row; deleted with it when the
-    #: cardholder's consent ends.
-    card_transaction_id: Mapped[str | None] = mapped_column(
-        ForeignKey("card_transactions.id", ondelete="CASCADE"), index=True
-    )
+    #: A match is its sale, kind and source: a sale is matched to a source once.
+    sale_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(260), primary_key=True)
+    #: The sale's merchant. Deleted with the sale (and so with the merchant), and with the
+    #: card transaction, by the triggers of migration 0012: no foreign key is checked for
+    #: each row a reconciliation writes.
+    merchant_id: Mapped[str] = mapped_column(String(32))
+    #: The authorization (or first clearing) row; deleted with it when the cardholder's
+    #: consent ends (reconciliation holds the row while it writes about it).
+    card_transaction_id: Mapped[str | None] = mapped_column(String(32), index=True)
     rule: Mapped[str] = mapped_column(String(32))
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
     confidence: Mapped[Decimal] = mapped_column(Numeric(3, 2))
@@ -129,17 +131,15 @@ class ReconciliationException(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id", ondelete="CASCADE"))
+    #: Deleted with its sale, card transaction or payout (triggers of migration 0012 for
+    #: the first two), so with its merchant too.
+    merchant_id: Mapped[str] = mapped_column(String(32))
     type: Mapped[str] = mapped_column(String(24))
     #: What it is about, as one key: `sale:<id>[:source]`, `txn:<partner>:<transaction id>`,
     #: `payout:<id>`.
     subject_key: Mapped[str] = mapped_column(String(300))
-    sale_id: Mapped[str | None] = mapped_column(
-        ForeignKey("sales.id", ondelete="CASCADE"), index=True
-    )
-    card_transaction_id: Mapped[str | None] = mapped_column(
-        ForeignKey("card_transactions.id", ondelete="CASCADE"), index=True
-    )
+    sale_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    card_transaction_id: Mapped[str | None] = mapped_column(String(32), index=True)
     payout_id: Mapped[str | None] = mapped_column(ForeignKey("payouts.id", ondelete="CASCADE"))
     #: The fields that differ, each with both values: {"amount": {"sale": 1250, "card": 1300}}.
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
