@@ -631,7 +631,9 @@ class Scanner:
                     possible = len(digits) >= PAN_MIN_DIGITS
                 if possible:
                     before = start - 1 if start else 0  # the detector looks at the one before
-                    text = window[before:end].decode("latin-1")
+                    # ... and at the three after: a date-time's ":MM" tells it the digits
+                    # before are a clock, not a card (scrub.find_pans).
+                    text = window[before : end + 3].decode("latin-1")
                     self._pans(text, lambda i, b=before: b + i, lo, hi, "", hits)
                 if self.known and len(digits) >= PAN_MIN_DIGITS:
                     self._known_pans(window, start, end, digits, lo, hi, hits)
@@ -666,7 +668,7 @@ class Scanner:
             if end <= lo or not tables.nonascii_numeric.search(window, start, end):
                 continue
             before = start - 1 if start else 0
-            text = window[before:end].decode("utf-8", "surrogateescape")
+            text = window[before : end + 3].decode("utf-8", "surrogateescape")  # as _latin1
             self._pans(text, _utf8_offsets(text, before), lo, hi, "utf-8", hits)
 
     def _utf16(self, window: bytes, lo: int, hi: int, hits: list[_Hit]) -> None:
@@ -683,7 +685,8 @@ class Scanner:
             for codec in ("utf-16-le", "utf-16-be"):
                 for shift in (0, 1):
                     first = before + shift
-                    segment = window[first : first + (end - first) // 2 * 2]
+                    stop = min(end + 6, len(window))  # three characters more, as _latin1
+                    segment = window[first : first + (stop - first) // 2 * 2]
                     if len(segment) < 2 * PAN_MIN_DIGITS:
                         continue
                     text = segment.decode(codec, "surrogatepass")

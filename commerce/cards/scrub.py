@@ -95,6 +95,12 @@ _GROUP = re.compile(r"\d+")
 _STRIP_SEPARATORS = re.compile(rf"[{_SEPARATORS}]")
 _ASCII_DIGITS = "0123456789"
 _PLUS_SIGNS = "+\uff0b"
+#: A date and time as software writes them, ISO 8601 with a space or a "T" ("2026-11-29
+#: 08:56"): a boundary, never part of a card number. Its groups (4-2-2 then a time) are no
+#: way anyone writes a card, yet with digits before it they can form a Luhn-valid run one
+#: time in ten: "glibc2.36 2026-11-29 08:56:58", in a worker's start-up banner, did for
+#: every minute of that hour.
+_DATE_TIME = re.compile(r"(?<![0-9])[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}")
 #: E.164: an international phone number has at most 15 digits after the "+".
 _E164_MAX_DIGITS = 15
 
@@ -197,6 +203,7 @@ def find_pans(text: str) -> list[PanMatch]:
     - A run right after "+" whose candidate starts at its first group and has at most 15
       digits is an international phone number (E.164), not a PAN; at 16 digits or more, or
       further into the run, it is a PAN again.
+    - A date and time ("2026-11-29 08:56", or with a "T") is a boundary like a letter.
     - Letters are boundaries like any other non-digit: "tok4..." still has its PAN found.
       Except inside a hex token of 32 characters or more (a SHA-256 or HMAC digest, such
       as the keyed card hashes chatledger stores): one digest in about 130 holds a
@@ -204,6 +211,9 @@ def find_pans(text: str) -> list[PanMatch]:
     """
     if not _may_hold_pan(text):
         return []
+    if ":" in text:
+        # Date-times become non-digits of the same length: every offset stays right.
+        text = _DATE_TIME.sub(lambda m: "_" * len(m.group()), text)
     matches: list[PanMatch] = []
     for run in _RUN.finditer(text):
         start, end = run.span()

@@ -187,10 +187,17 @@ def test_what_is_not_a_card_number_is_not_reported() -> None:
             f"glued {VISA}123 is an identifier, not a card",  # atomic digit groups
             f"phone +{VISA[:15]}",  # E.164 is at most 15 digits after "+"
             "base64 " + base64.b64encode(b"hello world, nothing to see here").decode(),
+            # A Celery worker's banner: "2.36 2026-11-29 08" is Luhn-valid across its groups.
+            "Linux-6.18.44-fc-v657-x86_64-with-glibc2.36 2026-11-29 08:56:58",
         ]
     ).encode()
     assert scan(clean) == []
     assert scan(clean.decode().encode("utf-16")) == []
+
+
+def test_a_card_number_beside_a_date_time_is_reported() -> None:
+    text = f"2026-11-29 08:56:58 paid with {grouped(VISA)} 2026-11-29 08:57"
+    assert [(f.kind, f.last4) for f in scan(text.encode())] == [("pan", VISA[-4:])]
 
 
 # --- Chunks -----------------------------------------------------------------------------------

@@ -219,6 +219,10 @@ def test_the_match_repr_does_not_show_the_number():
         pytest.param("+86 138 0013 8002", id="cn-phone-luhn-valid-13-digits"),
         pytest.param("2026-11-28T12:00:01Z until 2026-12-31", id="iso-dates"),
         pytest.param("2026-11-28 2026-11-29", id="two-dates"),
+        pytest.param(
+            "Linux-6.18.44-fc-v657-x86_64-with-glibc2.36 2026-11-29 08:56:58",
+            id="version-then-date-time-luhn-valid-12-digits",
+        ),
         pytest.param("amount 1250 USD", id="amount"),
         pytest.param("at 1764331203", id="timestamp"),
         pytest.param("1234567890" + "4242424242424242" + "1", id="27-digit-run-with-a-pan"),
@@ -247,6 +251,17 @@ def test_the_near_misses_would_be_pans_if_the_rules_were_looser():
     assert independent_luhn("1764331203123453")
     assert independent_luhn("100004654321")
     assert independent_luhn("4242424242424242")
+    assert independent_luhn("362026112908")  # "2.36 2026-11-29 08", read across its groups
+
+
+def test_a_card_number_beside_a_date_time_is_still_found():
+    for text in (
+        "4242 4242 4242 4242 2026-11-29 08:56",
+        "2026-11-29T08:56:58Z 4242-4242-4242-4242",
+        "paid 2026-11-29 08:56 with 4242424242424242",
+    ):
+        (match,) = find_pans(text)
+        assert match.digits == "4242424242424242", text
 
 
 def test_a_plus_is_a_phone_number_only_up_to_fifteen_digits():
