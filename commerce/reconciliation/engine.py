@@ -16,9 +16,13 @@ exceptions resolved. Rows already right are not touched, so a second run changes
 Matching never looks outside a card group and a group is always taken whole, so both give
 the same rows on the same data.
 
-Concurrency: the continuous path takes a transaction-scoped advisory lock per card group
-(after a shared lock on the merchant); a batch takes the merchant's lock exclusively. The
-last writer of a group therefore always reads what the one before it committed.
+Concurrency: the continuous path takes a transaction-scoped advisory lock for each card
+group's stripe (after a shared lock on the merchant); a batch takes the merchant's lock
+exclusively. The last writer of a group therefore always reads what the one before it
+committed. Groups share GROUP_LOCK_STRIPES locks per merchant, so a scope of any size holds
+a bounded number of locks: PostgreSQL's lock table is shared by every session
+(max_locks_per_transaction x max_connections entries), and a drain of thousands of groups
+with a lock each could fill it for everyone.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,6 +111,17 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
+#: Advisory locks a merchant's card groups share. Two scopes whose groups share a stripe wait
+#: for each other even when their groups differ: a little less concurrency, never a wrong
+#: result, and a scope holds at most this many group locks.
+GROUP_LOCK_STRIPES = 64
+
+
+def _group_lock_key(merchant_id: str, last4: str) -> int:
+    stripe = zlib.crc32(last4.encode()) % GROUP_LOCK_STRIPES
+    return _lock_key(merchant_id, "stripe", str(stripe))
+
+
 def _lock(session: Session, scope: Scope) -> None:
     if scope.is_period:
         merchants: Sequence[str]
@@ -125,7 +141,7 @@ def _lock(session: Session, scope: Scope) -> None:
         text(
             "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
         ),
-        {"keys": sorted({_lock_key(scope.merchant_id, last4) for last4 in scope.last4s})},
+        {"keys": sorted({_group_lock_key(scope.merchant_id, last4) for last4 in scope.last4s})},
     )
 
 
@@ -863,11 +879,10 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
             text("SELECT last4 FROM rc_groups WHERE NOT (last4 = ANY(CAST(:l AS text[])))"),
             {"l": list(scope.last4s)},
         ).scalars()
-        for last4 in sorted(extra):  # a sale's own group, when the event did not name it
-            run(
-                text("SELECT pg_advisory_xact_lock(:k)"),
-                {"k": _lock_key(scope.merchant_id or "", last4)},
-            )
+        # A sale's own group, when the event did not name it (a stripe already held is
+        # taken again at no cost: advisory locks are re-entrant).
+        for key in sorted({_group_lock_key(scope.merchant_id or "", last4) for last4 in extra}):
+            run(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
         _stage_card(session, "rc_card", text(_CARD_OF_GROUPS))
         run(text(_SALES.format(scope=_SALES_OF_ITEMS)), defaults)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from commerce.reconciliation import engine
 from commerce.reconciliation.engine import Scope
@@ -333,3 +334,17 @@ def test_a_cardholders_deleted_data_takes_its_matches_and_exceptions_with_it(sho
     # Stripe's match stays (it is the sale's own); what the bank's data said is gone.
     assert shop.matches() == {(sale.id, "stripe_charge", "ch_1", "payment_intent")}
     assert {key for _, key in shop.exceptions(status=None)} == {f"txn:{shop.key(other)}"}
+
+
+def test_a_scope_of_many_card_groups_holds_a_bounded_number_of_locks(shop, db):
+    # PostgreSQL's lock table is shared by every session: a drain of a large queue must not
+    # take a lock per card group (thousands), or it fills the table for everyone.
+    last4s = [f"{n:04d}" for n in range(0, 10_000, 7)]  # 1,429 groups
+    engine.reconcile(shop.db, Scope.items(shop.merchant_id, last4s=last4s, as_of=AS_OF))
+    held = db.execute(
+        text(
+            "SELECT count(*) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
+        )
+    ).scalar_one()
+    assert 0 < held <= engine.GROUP_LOCK_STRIPES + 1  # the stripes and the merchant's lock
