@@ -156,8 +156,10 @@ def stage_transactions(
     )
     connection = session.connection()
     temporary.create(connection)
+    # An INSERT construct's row count is kept only when asked for (SQLAlchemy 2 reports -1).
     rows = connection.execute(
-        temporary.insert().from_select([c.name for c in chosen], query)
+        temporary.insert().from_select([c.name for c in chosen], query),
+        execution_options={"preserve_rowcount": True},
     ).rowcount
     record(
         session,

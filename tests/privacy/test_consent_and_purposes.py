@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from commerce import partnerdata
 from commerce.audit.models import AuditEntry
@@ -107,6 +107,25 @@ def test_a_read_gets_only_data_stored_for_its_purpose_and_is_audited(client, db)
         ("sales_attribution", 1),
         ("fraud_alerts", 0),
         ("balance_display", 0),
+    ]
+
+
+def test_a_staged_read_is_audited_with_the_rows_it_copied(client, db):
+    partner, _ = _partner(client)
+    _consent(client, partner)
+    _transaction(db, partner, purposes=("sales_attribution",))
+    copied = partnerdata.stage_transactions(
+        db, into="staged_for_test", purpose="sales_attribution", actor="test"
+    )
+    none = partnerdata.stage_transactions(
+        db, into="staged_for_none", purpose="fraud_alerts", actor="test"
+    )
+    assert (copied, none) == (1, 0)
+    assert db.execute(text("SELECT count(*) FROM staged_for_test")).scalar_one() == 1
+    reads = db.scalars(select(AuditEntry).where(AuditEntry.action == "partner_data.read")).all()
+    assert [(r.purpose, r.detail["rows"], r.detail["into"]) for r in reads] == [
+        ("sales_attribution", 1, "staged_for_test"),
+        ("fraud_alerts", 0, "staged_for_none"),
     ]
 
 
