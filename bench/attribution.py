@@ -60,11 +60,10 @@ from typing import Any
 from common import (
     DEFAULT_DATABASE_URL,
     RESULTS,
+    bench_database,
     build_indexes,
     drop_secondary_indexes,
-    fresh_database,
     machine_info,
-    with_database,
 )
 
 MERCHANTS = 100
@@ -673,34 +672,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextmanager
-def _database(base_url: str, args: argparse.Namespace) -> Iterator[tuple[str, str, bool]]:
-    """(name, url, fresh)."""
-    if args.database:
-        yield args.database, with_database(base_url, args.database), False
-        return
-    if args.keep:
-        from secrets import token_hex
-
-        from sqlalchemy import create_engine, text
-
-        name = f"chatledger_bench_{token_hex(4)}"
-        admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield name, with_database(base_url, name), True
-        except BaseException:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            raise
-        finally:
-            admin.dispose()
-        return
-    with fresh_database(base_url) as (name, url):
-        yield name, url, True
-
-
 def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import text
 
@@ -714,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(
         base_url, os.environ.get("CHATLEDGER_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
-    with _database(base_url, args) as (name, url, fresh):
+    with bench_database(base_url, reuse=args.database, keep=args.keep) as (name, url, fresh):
         log(f"database {name}")
         engine = make_engine(url, connect_args={}, pool_size=2)
         try:
