@@ -38,6 +38,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
 def drift(engine: Engine) -> list[object]:
     """Differences between the models and the migrated database; empty when they agree."""
     with engine.connect() as connection:

@@ -14,6 +14,9 @@ Rules (docs/ATTRIBUTION.md):
   an acceptance, 1 day after a view).
 - `last_touch` credits the latest touchpoint, `first_touch` the earliest (ties by id);
   `linear` splits the purchase over all of them, in whole minor units that add up exactly.
+  One row is stored per purchase and touchpoint, with the touchpoint's place among the
+  purchase's (`touch_rank` of `touches`); the view `attribution_credits` gives each model's
+  credits from it.
 - A reversal, or card refunds adding up to the purchase, within the offer's return period
   take the credit back (`taken_back`); a partial refund in the period is kept as `refunded`.
 
@@ -85,10 +88,12 @@ SELECT k.partner_id || ':' || k.transaction_id AS pkey, k.partner_id, k.transact
            AND card_transaction_id IS NOT NULL)
 """
 
-#: The credits each model calls for. The touchpoints are the cardholder's (through their
-#: consent's chat identity) with the same merchant's offers, within the offer's (else the
-#: merchant's) window before the purchase; refunds and reversals count within the return
-#: period of each credit's offer (else the merchant's).
+#: The attributions wanted: each purchase with each touchpoint in its window, and the
+#: touchpoint's place among them, from which every model's credit follows. The touchpoints
+#: are the cardholder's (through their consent's chat identity) with the same merchant's
+#: offers, within the offer's (else the merchant's) window before the purchase; refunds and
+#: reversals count within the return period of each touchpoint's offer (else the
+#: merchant's).
 _WANT = """
 CREATE TEMPORARY TABLE at_want ON COMMIT DROP AS
 WITH touch AS (
@@ -150,82 +155,74 @@ WITH touch AS (
       LEFT JOIN reversals v ON v.partner_id = r.partner_id
                            AND v.transaction_id = r.transaction_id
 ), want AS (
-    SELECT m.model, b.merchant_id, b.pkey, b.row_id, b.offer_id, b.conversation_id,
-           b.touchpoint_id, b.touch_kind, b.win,
-           CASE m.model WHEN 'linear' THEN round(1.0 / b.touches, 6) ELSE 1 END AS weight,
+    SELECT b.merchant_id, b.pkey, b.row_id, b.offer_id, b.conversation_id, b.touchpoint_id,
+           b.touch_kind, b.win, b.n AS touch_rank, b.touches, b.amount,
+           CAST(least(b.refunds, b.amount) AS bigint) AS refunded,
            b.currency, b.at AS purchased_at, b.touched_at, b.cardholder,
-           -- Whole minor units: the n-th of k touches gets floor(a*n/k) - floor(a*(n-1)/k).
-           CASE m.model WHEN 'linear' THEN b.amount * b.n / b.touches
-                                           - b.amount * (b.n - 1) / b.touches
-                ELSE b.amount END AS amount,
-           CAST(CASE m.model WHEN 'linear' THEN r.back * b.n / b.touches
-                                                - r.back * (b.n - 1) / b.touches
-                     ELSE r.back END AS bigint) AS refunded,
            CASE WHEN b.reversed OR b.refunds >= b.amount THEN 'taken_back' ELSE 'active' END
              AS status
       FROM back b
-     CROSS JOIN LATERAL (SELECT least(b.refunds, b.amount) AS back) AS r
-     CROSS JOIN (VALUES ('last_touch'), ('first_touch'), ('linear')) AS m(model)
-     WHERE m.model = 'linear' OR (m.model = 'first_touch' AND b.n = 1)
-        OR (m.model = 'last_touch' AND b.n = b.touches)
 )
--- Whether the stored credit differs (or is missing), found before anything is written.
+-- Whether the stored attribution differs (or is missing), found before anything is
+-- written; and whether it becomes the purchase's active last touch, which is announced.
 SELECT w.*,
        s.id IS NULL
-       OR (s.card_transaction_id, s."window", s.weight, s.amount, s.refunded, s.currency,
-           s.purchased_at, s.touched_at, s.status)
-          IS DISTINCT FROM (w.row_id, w.win, w.weight, w.amount, w.refunded, w.currency,
-                            w.purchased_at, w.touched_at, w.status) AS changed
+       OR (s.card_transaction_id, s."window", s.touch_rank, s.touches, s.amount, s.refunded,
+           s.currency, s.purchased_at, s.touched_at, s.status)
+          IS DISTINCT FROM (w.row_id, w.win, w.touch_rank, w.touches, w.amount, w.refunded,
+                            w.currency, w.purchased_at, w.touched_at, w.status) AS changed,
+       w.touch_rank = w.touches AND w.status = 'active'
+       AND (s.id IS NULL OR s.touch_rank <> s.touches OR s.status <> 'active') AS announce
   FROM want w
-  LEFT JOIN attributions s ON s.purchase_key = w.pkey AND s.model = w.model
-                          AND s.touchpoint_id = w.touchpoint_id
+  LEFT JOIN attributions s ON s.purchase_key = w.pkey AND s.touchpoint_id = w.touchpoint_id
 """
 
 _DELETE = """
 DELETE FROM attributions a
  WHERE a.cardholder IN (SELECT md5(partner_id || ':' || customer_ref) FROM at_holders)
    AND NOT EXISTS (SELECT 1 FROM at_want w
-                    WHERE w.pkey = a.purchase_key AND w.model = a.model
-                      AND w.touchpoint_id = a.touchpoint_id)
+                    WHERE w.pkey = a.purchase_key AND w.touchpoint_id = a.touchpoint_id)
 """
 
-#: The credits that are new or differ from the stored ones, and only those, are written:
-#: a run over data that did not change writes nothing. ON CONFLICT covers a concurrent run
-#: that wrote the same credit first.
+#: The attributions that are new or differ from the stored ones, and only those, are
+#: written: a run over data that did not change writes nothing. ON CONFLICT covers a
+#: concurrent run that wrote the same attribution first.
 _UPSERT = """
 WITH written AS (
     INSERT INTO attributions AS a
-           (id, merchant_id, model, purchase_key, card_transaction_id, offer_id,
-            conversation_id, touchpoint_id, touch_kind, "window", weight, amount, refunded,
+           (id, merchant_id, purchase_key, card_transaction_id, offer_id, conversation_id,
+            touchpoint_id, touch_kind, "window", touch_rank, touches, amount, refunded,
             currency, purchased_at, touched_at, status, cardholder, created_at, updated_at)
     SELECT 'atr_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 22),
-           w.merchant_id, w.model, w.pkey, w.row_id, w.offer_id, w.conversation_id,
-           w.touchpoint_id, w.touch_kind, w.win, w.weight, w.amount, w.refunded, w.currency,
+           w.merchant_id, w.pkey, w.row_id, w.offer_id, w.conversation_id, w.touchpoint_id,
+           w.touch_kind, w.win, w.touch_rank, w.touches, w.amount, w.refunded, w.currency,
            w.purchased_at, w.touched_at, w.status, w.cardholder, now(), now()
       FROM at_want w
      WHERE w.changed
-    ON CONFLICT (purchase_key, model, touchpoint_id) DO UPDATE
+    ON CONFLICT (purchase_key, touchpoint_id) DO UPDATE
        SET merchant_id = excluded.merchant_id,
            card_transaction_id = excluded.card_transaction_id,
            offer_id = excluded.offer_id, conversation_id = excluded.conversation_id,
            touch_kind = excluded.touch_kind, "window" = excluded."window",
-           weight = excluded.weight, amount = excluded.amount, refunded = excluded.refunded,
+           touch_rank = excluded.touch_rank, touches = excluded.touches,
+           amount = excluded.amount, refunded = excluded.refunded,
            currency = excluded.currency, purchased_at = excluded.purchased_at,
            touched_at = excluded.touched_at, status = excluded.status,
            cardholder = excluded.cardholder, updated_at = now()
-     WHERE (a.card_transaction_id, a."window", a.weight, a.amount, a.refunded, a.currency,
-            a.purchased_at, a.touched_at, a.status)
-           IS DISTINCT FROM (excluded.card_transaction_id, excluded."window", excluded.weight,
-                             excluded.amount, excluded.refunded, excluded.currency,
-                             excluded.purchased_at, excluded.touched_at, excluded.status)
-    RETURNING a.id, a.merchant_id, a.model, a.status, a.offer_id, a.conversation_id,
-              a."window", a.amount, a.refunded, a.currency, a.purchased_at,
-              (a.xmax = 0) AS inserted
+     WHERE (a.card_transaction_id, a."window", a.touch_rank, a.touches, a.amount, a.refunded,
+            a.currency, a.purchased_at, a.touched_at, a.status)
+           IS DISTINCT FROM (excluded.card_transaction_id, excluded."window",
+                             excluded.touch_rank, excluded.touches, excluded.amount,
+                             excluded.refunded, excluded.currency, excluded.purchased_at,
+                             excluded.touched_at, excluded.status)
+    RETURNING a.id, a.merchant_id, a.purchase_key, a.touchpoint_id, a.offer_id,
+              a.conversation_id, a."window", a.amount, a.currency, a.purchased_at
 ), announced AS (
-    -- `attribution.created`: new credits under the default model, at merchants listening.
-    SELECT * FROM written
-     WHERE inserted AND model = 'last_touch' AND status = 'active'
-       AND merchant_id = ANY(CAST(:listening AS text[]))
+    -- `attribution.created`: a purchase's new active last touch, at merchants listening.
+    SELECT written.* FROM written
+      JOIN at_want w ON w.pkey = written.purchase_key
+                    AND w.touchpoint_id = written.touchpoint_id
+     WHERE w.announce AND written.merchant_id = ANY(CAST(:listening AS text[]))
 )
 SELECT (SELECT count(*) FROM written) AS written, announced.*
   FROM (SELECT 1) AS one LEFT JOIN announced ON true
@@ -236,7 +233,8 @@ SELECT (SELECT count(*) FROM written) AS written, announced.*
 class Outcome:
     cardholders: int
     purchases: int
-    credits: int
+    #: Purchase and touchpoint pairs (rows of `attributions`) wanted.
+    attributions: int
     changed: dict[str, int]
 
 
@@ -348,7 +346,7 @@ def _run(session: Session, holders: int) -> Outcome:
     run(text("ANALYZE at_card"))
     purchases = run(text(_PURCHASES)).rowcount
     run(text("ANALYZE at_purch"))
-    credits = run(text(_WANT), _params()).rowcount
+    wanted = run(text(_WANT), _params()).rowcount
     deleted = run(text(_DELETE)).rowcount
     merchants = run(text("SELECT DISTINCT merchant_id FROM at_purch")).scalars()
     listening = outbound.subscribed_merchants(session, merchants, "attribution.created")
@@ -357,14 +355,15 @@ def _run(session: Session, holders: int) -> Outcome:
     return Outcome(
         cardholders=holders,
         purchases=purchases,
-        credits=credits,
+        attributions=wanted,
         changed={"deleted": deleted, "written": rows[0].written},
     )
 
 
 def announce(session: Session, rows: Sequence[Any]) -> None:
-    """`attribution.created` for each of these new credits (the upsert returns the new
-    active `last_touch` credits of merchants with an endpoint listening for it)."""
+    """`attribution.created` for each of these new last-touch credits (the upsert returns
+    the attributions that became a purchase's active last touch, at merchants with an
+    endpoint listening for it)."""
     for row in rows:
         outbound.emit(
             session,
@@ -373,7 +372,7 @@ def announce(session: Session, rows: Sequence[Any]) -> None:
             data={
                 "object": "attribution",
                 "id": row.id,
-                "model": row.model,
+                "model": "last_touch",
                 "offer_id": row.offer_id,
                 "conversation_id": row.conversation_id,
                 "window": row.window,

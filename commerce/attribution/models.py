@@ -2,24 +2,27 @@
 
 An in-chat sale is attributed to its own offer and conversation directly and needs no row
 here: reports read it from the sales. A row here is a card purchase at one of the
-merchant's MIDs, made outside the chat, credited to a touchpoint of that cardholder with
-one of the merchant's offers, under one model. It is derived data: `engine.attribute`
-recomputes it for a scope with the same SQL whether one event or a batch asked, and it is
-deleted with the card transaction it came from when the cardholder's consent ends, and
-with the touchpoint it credits (which goes with its offer, conversation or merchant).
+merchant's MIDs, made outside the chat, and one touchpoint of that cardholder with one of
+the merchant's offers within its window before the purchase, with the touchpoint's place
+among the purchase's touchpoints in time. The credit under each model follows from that
+place alone, so it is not stored again per model: the view `attribution_credits`
+(migration 0013) gives the last touch, the first touch and the linear shares.
+
+It is derived data: `engine.attribute` recomputes it for a scope with the same SQL whether
+one event or a batch asked, and it is deleted with the card transaction it came from when
+the cardholder's consent ends, and with the touchpoint it credits (which goes with its
+offer, conversation or merchant).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
     Integer,
-    Numeric,
     String,
     UniqueConstraint,
 )
@@ -57,15 +60,16 @@ class AttributionSettings(Base):
 
 
 class Attribution(Base):
-    """One purchase's credit to one touchpoint under one model (linear splits a purchase
-    over every touchpoint in its windows; last and first touch give it whole to one)."""
+    """One purchase and one touchpoint in its window: the n-th of the purchase's k
+    touchpoints in time (ties by touchpoint id). Last touch gives the whole purchase to the
+    k-th, first touch to the first, linear an equal share to each (the view
+    `attribution_credits`)."""
 
     __tablename__ = "attributions"
     __table_args__ = (
-        UniqueConstraint("purchase_key", "model", "touchpoint_id"),
-        CheckConstraint("model IN ('last_touch', 'first_touch', 'linear')", name="model_known"),
+        UniqueConstraint("purchase_key", "touchpoint_id"),
         CheckConstraint("status IN ('active', 'taken_back')", name="status_known"),
-        CheckConstraint("weight > 0 AND weight <= 1", name="weight_range"),
+        CheckConstraint("touch_rank >= 1 AND touch_rank <= touches", name="touch_rank_range"),
         Index("ix_attributions_merchant_id_purchased_at", "merchant_id", "purchased_at"),
         Index("ix_attributions_cardholder", "cardholder"),
     )
@@ -75,7 +79,6 @@ class Attribution(Base):
     #: deletes the touchpoint (or is refused while it exists), and the touchpoint's foreign
     #: key takes the credit with it, so they need no foreign key of their own here.
     merchant_id: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(String(16))
     #: The purchase, `partner:transaction id`, and its authorization (or clearing) row.
     purchase_key: Mapped[str] = mapped_column(String(260))
     card_transaction_id: Mapped[str] = mapped_column(
@@ -87,15 +90,19 @@ class Attribution(Base):
     #: clicked, accepted or viewed, and the window it opened, e.g. `click_7d`, `view_1d`.
     touch_kind: Mapped[str] = mapped_column(String(16))
     window: Mapped[str] = mapped_column(String(16))
-    weight: Mapped[Decimal] = mapped_column(Numeric(7, 6))
-    #: This credit's share of the purchase, and of its refunds within the return period,
-    #: in minor units of `currency` (the card's presentment currency).
+    #: This touchpoint is the `touch_rank`-th of the purchase's `touches` in its windows.
+    touch_rank: Mapped[int] = mapped_column(Integer)
+    touches: Mapped[int] = mapped_column(Integer)
+    #: The purchase, and its refunds within the return period of this touchpoint's offer
+    #: (at most the purchase), in minor units of `currency` (the card's presentment
+    #: currency). A model's credit is its share of both.
     amount: Mapped[int]
     refunded: Mapped[int] = mapped_column(default=0)
     currency: Mapped[str] = mapped_column(String(3))
     purchased_at: Mapped[datetime]
     touched_at: Mapped[datetime]
-    #: taken_back: refunded in full or reversed within the offer's return period.
+    #: taken_back: refunded in full or reversed within the offer's return period, under
+    #: every model.
     status: Mapped[str] = mapped_column(String(16), default="active")
     #: A stable, opaque key of the cardholder, to count distinct cardholders in reports.
     cardholder: Mapped[str] = mapped_column(String(64))

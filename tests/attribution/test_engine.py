@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from commerce.attribution import engine
@@ -54,11 +54,16 @@ def run(shop, as_of=T0 + timedelta(days=1)):
 
 
 def credits(shop, model=None):
-    query = select(Attribution).where(Attribution.merchant_id == shop.merchant_id)
-    if model:
-        query = query.where(Attribution.model == model)
-    rows = shop.db.scalars(query.execution_options(populate_existing=True))
-    return sorted((r.model, r.offer_id, r.window, r.amount, r.refunded, r.status) for r in rows)
+    """The merchant's credits under each model (or one), as the view gives them."""
+    rows = shop.db.execute(
+        text(
+            'SELECT model, offer_id, "window", amount, refunded, status'
+            " FROM attribution_credits WHERE merchant_id = :m"
+            " AND (CAST(:model AS text) IS NULL OR model = :model)"
+        ),
+        {"m": shop.merchant_id, "model": model},
+    )
+    return sorted(tuple(row) for row in rows)
 
 
 def test_each_model_credits_the_touchpoints_in_their_windows(shop):
@@ -222,6 +227,22 @@ def test_each_credit_takes_back_under_its_own_offers_return_period(shop):
     )
 
 
+def test_linear_shares_of_a_refund_add_up_to_it(shop):
+    offers = [offer(shop) for _ in range(3)]
+    for hours, an_offer in zip((3, 2, 1), offers, strict=True):
+        touch(shop, an_offer, "clicked", T0 - timedelta(hours=hours))
+    txn = shop.card("authorized", 1000, at=T0)
+    shop.card("refunded", 500, txn="rf", original=txn, at=T0 + timedelta(days=1))
+    run(shop)
+    linear = credits(shop, "linear")
+    assert sorted((amount, refunded) for _, _, _, amount, refunded, _ in linear) == [
+        (333, 166),
+        (333, 167),
+        (334, 167),
+    ]
+    assert sum(row[4] for row in linear) == 500
+
+
 def credited(shop, an_offer):
     """One purchase credited under each model to a click on `an_offer`."""
     touch(shop, an_offer, "clicked", T0 - timedelta(hours=1))
@@ -231,8 +252,8 @@ def credited(shop, an_offer):
 
 
 def stored(shop):
-    """Every credit stored, whatever its merchant."""
-    return shop.db.scalar(select(func.count()).select_from(Attribution))
+    """Every credit, whatever its merchant."""
+    return shop.db.scalar(text("SELECT count(*) FROM attribution_credits"))
 
 
 def test_deleting_an_offer_takes_the_credits_of_its_touchpoints(shop):
@@ -318,8 +339,69 @@ def test_each_new_last_touch_credit_is_announced_once(shop):
             select(OutboundEvent).where(OutboundEvent.type == "attribution.created")
         )
     ]
-    last = shop.db.scalars(select(Attribution).where(Attribution.model == "last_touch")).all()
+    last = shop.db.execute(
+        text("SELECT id, offer_id, amount FROM attribution_credits WHERE model = 'last_touch'")
+    ).all()
     assert sorted((e["id"], e["offer_id"], e["amount"]) for e in events) == sorted(
         (row.id, b.id, row.amount) for row in last
     )
+    assert all(e["model"] == "last_touch" for e in events)
     assert sorted(e["amount"] for e in events) == [400, 1000]
+
+
+def test_one_row_per_purchase_and_touchpoint_gives_every_models_credit(shop):
+    a, b = offer(shop), offer(shop)
+    touch(shop, a, "clicked", T0 - timedelta(hours=3))
+    touch(shop, b, "clicked", T0 - timedelta(hours=2))
+    shop.card("authorized", 1001, at=T0)
+    run(shop)
+    rows = shop.db.execute(
+        select(
+            Attribution.offer_id, Attribution.touch_rank, Attribution.touches, Attribution.amount
+        )
+    ).all()
+    assert sorted(rows) == sorted([(a.id, 1, 2, 1001), (b.id, 2, 2, 1001)])
+    assert credits(shop) == sorted(
+        [
+            ("last_touch", b.id, "click_7d", 1001, 0, "active"),
+            ("first_touch", a.id, "click_7d", 1001, 0, "active"),
+            ("linear", a.id, "click_7d", 500, 0, "active"),
+            ("linear", b.id, "click_7d", 501, 0, "active"),
+        ]
+    )
+
+
+def test_a_later_touch_reported_late_becomes_the_last_touch_and_is_announced(shop):
+    from commerce.outbound import services as outbound
+    from commerce.outbound.guard import AddressPolicy
+    from commerce.outbound.models import OutboundEvent
+
+    outbound.create_endpoint(
+        shop.db,
+        merchant_id=shop.merchant_id,
+        url="http://127.0.0.1:9/hooks",
+        event_types=["attribution.created"],
+        policy=AddressPolicy(allow=frozenset({("127.0.0.1", 9)})),
+    )
+    a, b = offer(shop), offer(shop)
+    first = touch(shop, a, "clicked", T0 - timedelta(hours=3))
+    shop.card("authorized", 900, at=T0)
+    run(shop)
+    touch(shop, b, "viewed", T0 - timedelta(hours=1))  # reported after the purchase
+    assert reconciliation.drain(shop.db) >= 1
+    assert credits(shop, "last_touch") == [("last_touch", b.id, "view_1d", 900, 0, "active")]
+    assert credits(shop, "first_touch") == [("first_touch", a.id, "click_7d", 900, 0, "active")]
+    announced = [
+        (e.payload["data"]["offer_id"], e.payload["data"]["amount"])
+        for e in shop.db.scalars(
+            select(OutboundEvent)
+            .where(OutboundEvent.type == "attribution.created")
+            .order_by(OutboundEvent.created_at)
+        )
+    ]
+    assert sorted(announced) == sorted([(a.id, 900), (b.id, 900)])
+    # The first touch's row was updated in place (now the first of two), not written again.
+    assert (
+        shop.db.scalar(select(Attribution.touches).where(Attribution.touchpoint_id == first.id))
+        == 2
+    )
