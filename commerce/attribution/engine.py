@@ -25,6 +25,12 @@ Processing a card transaction attributes the cardholders of the card groups it r
 recording a touchpoint, the cardholders behind that chat user; a batch, every cardholder
 with a purchase in the period. The same data gives the same rows, and a second run changes
 nothing.
+
+An attribution is deleted with its card transaction or touchpoint by a trigger (migration
+0014) rather than checked against them row by row: before writing, a run holds the card
+transactions and touchpoints its rows name (the lock a foreign key check takes, one
+statement for each table) and leaves out the rows whose card transaction or touchpoint has
+gone. A deletion meanwhile waits for the run's commit, then takes what it wrote.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from commerce.outbound import services as outbound
 PURPOSE = "sales_attribution"
 ACTOR = "system:attribution"
 
-_DERIVED = ("at_purch", "at_want")
+_DERIVED = ("at_purch", "at_want", "at_held_card", "at_held_touch")
 
 _CREATE = """
 CREATE TEMPORARY TABLE at_holders (
@@ -183,6 +189,29 @@ DELETE FROM attributions a
    AND NOT EXISTS (SELECT 1 FROM at_want w
                     WHERE w.pkey = a.purchase_key AND w.touchpoint_id = a.touchpoint_id)
 """
+
+#: The touchpoints the attributions to write name, held until the commit as the card
+#: transactions are (`partnerdata.hold_transactions`): a deletion of either waits, then
+#: removes what was written about them (the triggers of migration 0014). An attribution
+#: whose card transaction or touchpoint went meanwhile is not written.
+_HOLD_TOUCHPOINTS = """
+CREATE TEMPORARY TABLE at_held_touch ON COMMIT DROP AS
+SELECT id FROM touchpoints WHERE id IN (SELECT touchpoint_id FROM at_want WHERE changed)
+   FOR KEY SHARE
+"""
+
+#: Two statements, so that each is one hash anti-join (an OR of the two would test every
+#: row against the held ones one by one).
+_DROP_UNHELD = (
+    """
+DELETE FROM at_want w
+ WHERE w.changed AND NOT EXISTS (SELECT 1 FROM at_held_card h WHERE h.id = w.row_id)
+""",
+    """
+DELETE FROM at_want w
+ WHERE w.changed AND NOT EXISTS (SELECT 1 FROM at_held_touch h WHERE h.id = w.touchpoint_id)
+""",
+)
 
 #: The attributions that are new or differ from the stored ones, and only those, are
 #: written: a run over data that did not change writes nothing. ON CONFLICT covers a
@@ -347,7 +376,15 @@ def _run(session: Session, holders: int) -> Outcome:
     purchases = run(text(_PURCHASES)).rowcount
     run(text("ANALYZE at_purch"))
     wanted = run(text(_WANT), _params()).rowcount
+    run(text("ANALYZE at_want"))
     deleted = run(text(_DELETE)).rowcount
+    partnerdata.hold_transactions(
+        session, into="at_held_card", ids="SELECT row_id FROM at_want WHERE changed"
+    )
+    run(text(_HOLD_TOUCHPOINTS))
+    run(text("ANALYZE at_held_card, at_held_touch"))
+    for statement in _DROP_UNHELD:
+        run(text(statement))
     merchants = run(text("SELECT DISTINCT merchant_id FROM at_purch")).scalars()
     listening = outbound.subscribed_merchants(session, merchants, "attribution.created")
     rows = run(text(_UPSERT), {"listening": sorted(listening)}).all()

@@ -76,17 +76,17 @@ class Attribution(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     #: The merchant, offer and conversation are the touchpoint's: deleting any of them
-    #: deletes the touchpoint (or is refused while it exists), and the touchpoint's foreign
-    #: key takes the credit with it, so they need no foreign key of their own here.
+    #: deletes the touchpoint (or is refused while it exists), and the touchpoint takes the
+    #: attribution with it, so they need nothing of their own here.
     merchant_id: Mapped[str] = mapped_column(String(32))
     #: The purchase, `partner:transaction id`, and its authorization (or clearing) row.
     purchase_key: Mapped[str] = mapped_column(String(260))
-    card_transaction_id: Mapped[str] = mapped_column(
-        ForeignKey("card_transactions.id", ondelete="CASCADE"), index=True
-    )
+    #: Deleted with its card transaction and with its touchpoint, by the triggers of
+    #: migration 0014: the engine holds both while it writes (see engine.py).
+    card_transaction_id: Mapped[str] = mapped_column(String(32), index=True)
     offer_id: Mapped[str] = mapped_column(String(32))
     conversation_id: Mapped[str] = mapped_column(String(32))
-    touchpoint_id: Mapped[str] = mapped_column(ForeignKey("touchpoints.id", ondelete="CASCADE"))
+    touchpoint_id: Mapped[str] = mapped_column(String(32))
     #: clicked, accepted or viewed, and the window it opened, e.g. `click_7d`, `view_1d`.
     touch_kind: Mapped[str] = mapped_column(String(16))
     window: Mapped[str] = mapped_column(String(16))
