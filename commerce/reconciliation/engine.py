@@ -416,7 +416,7 @@ CREATE TEMPORARY TABLE rc_matched ON COMMIT DROP AS
 SELECT m.sale_id, m.pkey, m.rule, m.confidence,
        s.merchant_id, s.amount AS sale_amount, s.currency AS sale_currency,
        s.created_at AS sale_at, s.card_ref_id AS sale_card_ref_id, s.amount_captured,
-       s.state, s.tol,
+       s.state, s.tol, s.win, s.brand AS sale_brand,
        p.row_id, p.mid, p.last4, p.brand, p.card_ref_id, p.amount, p.currency, p.at,
        p.cleared, p.cleared_amount, p.final_amount
   FROM rc_match m JOIN rc_sales s ON s.id = m.sale_id JOIN rc_purch p ON p.pkey = m.pkey
@@ -521,17 +521,17 @@ SELECT p.* FROM rc_purch p
 
 #: An unmatched purchase that would have matched a sale exactly, had that sale not been
 #: matched already, duplicates that sale's purchase: the closest such sale, by time then id.
+#: (A matched purchase has the last four digits of its sale: the candidates joined on them.)
 _DUPLICATE_OF = """
 CREATE TEMPORARY TABLE rc_duplicate_of ON COMMIT DROP AS
-SELECT DISTINCT ON (p.pkey) p.pkey, s.id AS sale_id, m.pkey AS matched
+SELECT DISTINCT ON (p.pkey) p.pkey, m.sale_id, m.pkey AS matched
   FROM rc_unmatched p
-  JOIN rc_sales s
-    ON s.merchant_id = p.merchant_id AND s.last4 = p.last4
-   AND s.currency = p.currency AND s.amount = p.amount
-   AND p.at BETWEEN s.created_at - s.win AND s.created_at + s.win
-   AND (s.brand IS NULL OR p.brand IS NULL OR s.brand = p.brand)
-  JOIN rc_match m ON m.sale_id = s.id
- ORDER BY p.pkey, abs(extract(epoch FROM p.at - s.created_at)), s.id
+  JOIN rc_matched m
+    ON m.merchant_id = p.merchant_id AND m.last4 = p.last4
+   AND m.sale_currency = p.currency AND m.sale_amount = p.amount
+   AND p.at BETWEEN m.sale_at - m.win AND m.sale_at + m.win
+   AND (m.sale_brand IS NULL OR p.brand IS NULL OR m.sale_brand = p.brand)
+ ORDER BY p.pkey, abs(extract(epoch FROM p.at - m.sale_at)), m.sale_id
 """
 
 _WANT_EXCEPTIONS = """
@@ -888,6 +888,7 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
 
     run(text("ANALYZE rc_sales"))
     run(text(_CHARGES))
+    run(text("ANALYZE rc_charges"))
     run(text(_PURCHASES), defaults)
     run(text("ANALYZE rc_purch"))
     run(text(_STRIPE_REFUNDS))
@@ -901,6 +902,7 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
 
     run(text("ANALYZE rc_match"))
     run(text(_MATCHED))
+    run(text("ANALYZE rc_matched"))
     run(text(_UNMATCHED))
     run(text(_DUPLICATE_OF))
     run(text(_REFUND_PAIRS))
