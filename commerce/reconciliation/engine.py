@@ -37,9 +37,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from commerce import partnerdata
+from commerce.cards.scrub import mask
 from commerce.db import after_commit, utcnow
 from commerce.outbound import services as outbound
 from commerce.reconciliation.models import (
@@ -1041,47 +1043,111 @@ def _schedule_drain() -> None:
 
 _TAKE = """
 DELETE FROM reconciliation_queue
- WHERE id IN (SELECT id FROM reconciliation_queue ORDER BY id LIMIT :limit
+ WHERE id IN (SELECT id FROM reconciliation_queue
+               WHERE retry_at IS NULL OR retry_at <= now()
+               ORDER BY id LIMIT :limit
                FOR UPDATE SKIP LOCKED)
-RETURNING merchant_id, sale_id, last4, partner_id, customer_ref
+RETURNING merchant_id, sale_id, last4, partner_id, customer_ref, enqueued_at, attempts
 """
+
+_PUT_BACK = """
+INSERT INTO reconciliation_queue
+       (merchant_id, sale_id, last4, partner_id, customer_ref, enqueued_at, attempts,
+        retry_at, last_error)
+SELECT :merchant_id, x.sale_id, x.last4, x.partner_id, x.customer_ref, x.enqueued_at,
+       x.attempts + 1,
+       now() + make_interval(secs => least(:first_wait * 2 ^ x.attempts, :longest_wait)),
+       :error
+  FROM unnest(CAST(:sale_ids AS text[]), CAST(:last4s AS text[]), CAST(:partner_ids AS text[]),
+              CAST(:customer_refs AS text[]), CAST(:enqueued_ats AS timestamptz[]),
+              CAST(:attempts AS int[]))
+       AS x(sale_id, last4, partner_id, customer_ref, enqueued_at, attempts)
+"""
+
+#: A merchant whose reconciliation failed is taken again after this long, twice as long
+#: after each further failure, up to the longest wait.
+RETRY_FIRST_WAIT_SECONDS = 60
+RETRY_LONGEST_WAIT_SECONDS = 6 * 3600
+
+
+@dataclass
+class _Queued:
+    """One merchant's items of a drain."""
+
+    sale_ids: set[str] = field(default_factory=set)
+    last4s: set[str] = field(default_factory=set)
+    cardholders: set[tuple[str, str]] = field(default_factory=set)
+    rows: list[Any] = field(default_factory=list)
 
 
 def drain(session: Session, *, limit: int = 2000, as_of: datetime | None = None) -> int:
     """Reconcile and attribute up to `limit` queued items, merchant by merchant, in the
-    caller's transaction; returns how many were taken. Items queued twice count once."""
-    from commerce.attribution import engine as attribution
+    caller's transaction; returns how many were taken. Items queued twice count once.
 
+    If it fails for a reason other than the database's (`OperationalError`, raised for the
+    caller to retry), the merchants are tried again one at a time, each in a savepoint; the
+    items of a merchant that fails alone go back to the queue with the attempt counted and
+    wait (`RETRY_FIRST_WAIT_SECONDS`, doubling), so one item that cannot be reconciled
+    never holds up the others."""
     taken = session.execute(text(_TAKE), {"limit": limit}).all()
     if not taken:
         return 0
-    sales: dict[str, set[str]] = {}
-    groups: dict[str, set[str]] = {}
-    cardholders: set[tuple[str, str]] = set()
-    for merchant_id, sale_id, last4, partner_id, customer_ref in taken:
-        sales.setdefault(merchant_id, set())
-        groups.setdefault(merchant_id, set())
-        if sale_id:
-            sales[merchant_id].add(sale_id)
-        if last4:
-            groups[merchant_id].add(last4)
-        if partner_id and customer_ref:
-            cardholders.add((partner_id, customer_ref))
+    queued: dict[str, _Queued] = {}
+    for row in taken:
+        items = queued.setdefault(row.merchant_id, _Queued())
+        items.rows.append(row)
+        if row.sale_id:
+            items.sale_ids.add(row.sale_id)
+        if row.last4:
+            items.last4s.add(row.last4)
+        if row.partner_id and row.customer_ref:
+            items.cardholders.add((row.partner_id, row.customer_ref))
+    try:
+        with session.begin_nested():
+            _reconcile_queued(session, queued, as_of)
+        return len(taken)
+    except OperationalError:
+        raise
+    except Exception:
+        log.exception("a drain of %d items failed; its merchants are tried one by one", len(taken))
+    for merchant_id in sorted(queued):
+        try:
+            with session.begin_nested():
+                _reconcile_queued(session, {merchant_id: queued[merchant_id]}, as_of)
+        except OperationalError:
+            raise
+        except Exception as exc:
+            rows = queued[merchant_id].rows
+            log.exception(
+                "reconciling merchant %s failed; its %d queued items wait to be tried again",
+                merchant_id,
+                len(rows),
+            )
+            _put_back(session, merchant_id, rows, exc)
+    return len(taken)
+
+
+def _reconcile_queued(session: Session, queued: dict[str, _Queued], as_of: datetime | None) -> None:
+    from commerce.attribution import engine as attribution
+
+    groups = {merchant_id: set(items.last4s) for merchant_id, items in queued.items()}
+    cardholders: set[tuple[str, str]] = set().union(*(i.cardholders for i in queued.values()))
     # Each sale's own card group is locked with the others, in one order.
     for merchant_id, last4 in session.execute(
         text(
             "SELECT merchant_id, card_last4 FROM sales"
             " WHERE id = ANY(CAST(:ids AS text[])) AND card_last4 IS NOT NULL"
         ),
-        {"ids": sorted(set().union(*sales.values()))},
+        {"ids": sorted(set().union(*(i.sale_ids for i in queued.values())))},
     ):
         groups.setdefault(merchant_id, set()).add(last4)
     for merchant_id in sorted(groups):
+        items = queued.get(merchant_id)
         outcome = reconcile(
             session,
             Scope.items(
                 merchant_id,
-                sale_ids=sales.get(merchant_id, ()),
+                sale_ids=items.sale_ids if items else (),
                 last4s=groups[merchant_id],
                 as_of=as_of,
             ),
@@ -1089,4 +1155,24 @@ def drain(session: Session, *, limit: int = 2000, as_of: datetime | None = None)
         cardholders.update(outcome.cardholders)
     if cardholders:
         attribution.attribute(session, cardholders)
-    return len(taken)
+
+
+def _put_back(session: Session, merchant_id: str, rows: Sequence[Any], error: Exception) -> None:
+    """The merchant's taken items, queued again to wait; the error is kept for operators,
+    its first line only and any card number masked."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    session.execute(
+        text(_PUT_BACK),
+        {
+            "merchant_id": merchant_id,
+            "sale_ids": [r.sale_id for r in rows],
+            "last4s": [r.last4 for r in rows],
+            "partner_ids": [r.partner_id for r in rows],
+            "customer_refs": [r.customer_ref for r in rows],
+            "enqueued_ats": [r.enqueued_at for r in rows],
+            "attempts": [r.attempts for r in rows],
+            "first_wait": RETRY_FIRST_WAIT_SECONDS,
+            "longest_wait": RETRY_LONGEST_WAIT_SECONDS,
+            "error": mask(f"{type(error).__name__}: {first_line}")[:500],
+        },
+    )

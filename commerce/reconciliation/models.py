@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -203,7 +204,9 @@ class ReconciliationQueue(Base):
     last four digits), or a cardholder. Events add rows in their own transaction; the
     worker's drain takes many at once and reconciles them together, so a burst of events
     costs one reconciliation, not one each. Rows are deleted in the transaction that
-    reconciles them: a failure leaves them for the next drain."""
+    reconciles them: a failure of the database leaves them for the next drain, and a
+    merchant whose reconciliation fails otherwise has its rows put back with the attempt
+    counted, to be taken again after `retry_at` (engine.drain)."""
 
     __tablename__ = "reconciliation_queue"
 
@@ -215,3 +218,8 @@ class ReconciliationQueue(Base):
     partner_id: Mapped[str | None] = mapped_column(String(32))
     customer_ref: Mapped[str | None] = mapped_column(String(128))
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Failed reconciliations of this item so far, the last one's error (card numbers
+    #: masked), and when a drain may take it again (None: at once).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    retry_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

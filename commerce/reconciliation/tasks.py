@@ -112,7 +112,8 @@ DRAIN_BUDGET_SECONDS = 20.0
 @shared_task(bind=True, name="reconciliation.drain", max_retries=5)
 def drain(self) -> int:  # type: ignore[no-untyped-def]
     """Reconcile and attribute what events queued, a batch per transaction, until the queue
-    is empty or the budget is spent. A failed batch rolls back and stays queued."""
+    is empty or the budget is spent. A database failure rolls the batch back and retries
+    the task; a merchant that fails otherwise waits in the queue (engine.drain)."""
     import time
 
     started = time.monotonic()

@@ -348,3 +348,62 @@ def test_a_scope_of_many_card_groups_holds_a_bounded_number_of_locks(shop, db):
         )
     ).scalar_one()
     assert 0 < held <= engine.GROUP_LOCK_STRIPES + 1  # the stripes and the merchant's lock
+
+
+def test_a_merchant_that_cannot_be_reconciled_waits_and_holds_up_no_one(shop, db, monkeypatch):
+    from sqlalchemy import select
+
+    from commerce.reconciliation.models import ReconciliationQueue
+    from tests.factories import MerchantFactory
+
+    other = MerchantFactory()
+    db.flush()
+    sale = shop.sale(1250, charges=("ch_1",))
+    txn = shop.card("authorized", 1250)
+    engine.sales_changed(db, {sale.id: None})
+    engine.enqueue(db, other.id, last4s=["1111"])
+
+    reconcile = engine.reconcile
+
+    def faulty(session, scope):
+        if scope.merchant_id == other.id:
+            raise RuntimeError("unexpected fact on card 4242424242424242\nsecond line")
+        return reconcile(session, scope)
+
+    monkeypatch.setattr(engine, "reconcile", faulty)
+    queued = db.scalar(text("SELECT count(*) FROM reconciliation_queue"))
+    assert engine.drain(db, as_of=AS_OF) == queued
+    # The shop's sale is reconciled all the same.
+    assert (sale.id, "card_purchase", shop.key(txn), "card_exact") in shop.matches()
+    waiting = db.scalars(select(ReconciliationQueue)).one()
+    assert (waiting.merchant_id, waiting.last4, waiting.attempts) == (other.id, "1111", 1)
+    assert waiting.last_error == "RuntimeError: unexpected fact on card [card •••• 4242]"
+    # It waits a minute (now() is the test transaction's start), then twice as long.
+    wait = "SELECT extract(epoch FROM retry_at - now()) FROM reconciliation_queue"
+    assert db.scalar(text(wait)) == engine.RETRY_FIRST_WAIT_SECONDS
+    assert engine.drain(db, as_of=AS_OF) == 0
+    db.execute(text("UPDATE reconciliation_queue SET retry_at = now() - interval '1 second'"))
+    assert engine.drain(db, as_of=AS_OF) == 1
+    assert db.scalar(select(ReconciliationQueue.attempts)) == 2
+    assert db.scalar(text(wait)) == 2 * engine.RETRY_FIRST_WAIT_SECONDS
+
+    # Once it can be reconciled, it is, and leaves the queue.
+    monkeypatch.setattr(engine, "reconcile", reconcile)
+    db.execute(text("UPDATE reconciliation_queue SET retry_at = now() - interval '1 second'"))
+    assert engine.drain(db, as_of=AS_OF) == 1
+    assert db.scalars(select(ReconciliationQueue)).all() == []
+
+
+def test_a_database_failure_in_a_drain_is_raised_for_the_task_to_retry(shop, db, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    engine.enqueue(db, shop.merchant_id, last4s=["4242"])
+
+    def gone(session, scope):
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(engine, "reconcile", gone)
+    with pytest.raises(OperationalError):
+        engine.drain(db, as_of=AS_OF)
+    # Nothing was put back to wait: the drain's transaction rolls back, items and all.
+    assert db.scalar(text("SELECT count(*) FROM reconciliation_queue WHERE attempts > 0")) == 0
