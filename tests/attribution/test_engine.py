@@ -313,10 +313,10 @@ def test_erasing_the_customer_removes_the_credits(shop, client):
     assert stored(shop) == 0
 
 
-def test_each_new_last_touch_credit_is_announced_once(shop):
+def listen(shop):
+    """The merchant's webhook endpoint listening for `attribution.created`."""
     from commerce.outbound import services as outbound
     from commerce.outbound.guard import AddressPolicy
-    from commerce.outbound.models import OutboundEvent
 
     outbound.create_endpoint(
         shop.db,
@@ -325,6 +325,12 @@ def test_each_new_last_touch_credit_is_announced_once(shop):
         event_types=["attribution.created"],
         policy=AddressPolicy(allow=frozenset({("127.0.0.1", 9)})),
     )
+
+
+def test_each_new_last_touch_credit_is_announced_once(shop):
+    from commerce.outbound.models import OutboundEvent
+
+    listen(shop)
     a, b = offer(shop), offer(shop)
     touch(shop, a, "clicked", T0 - timedelta(hours=2))
     touch(shop, b, "viewed", T0 - timedelta(hours=1))
@@ -372,17 +378,9 @@ def test_one_row_per_purchase_and_touchpoint_gives_every_models_credit(shop):
 
 
 def test_a_later_touch_reported_late_becomes_the_last_touch_and_is_announced(shop):
-    from commerce.outbound import services as outbound
-    from commerce.outbound.guard import AddressPolicy
     from commerce.outbound.models import OutboundEvent
 
-    outbound.create_endpoint(
-        shop.db,
-        merchant_id=shop.merchant_id,
-        url="http://127.0.0.1:9/hooks",
-        event_types=["attribution.created"],
-        policy=AddressPolicy(allow=frozenset({("127.0.0.1", 9)})),
-    )
+    listen(shop)
     a, b = offer(shop), offer(shop)
     first = touch(shop, a, "clicked", T0 - timedelta(hours=3))
     shop.card("authorized", 900, at=T0)
