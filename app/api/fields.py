@@ -10,6 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from commerce import money
 from commerce.errors import InvalidInput
+from commerce.instants import utc_text
 from commerce.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
@@ -121,7 +122,7 @@ class Timestamp(fields.AwareDateTime):
     def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
             return None
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return utc_text(value)
 
 
 class PageQuerySchema(Schema):

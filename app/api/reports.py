@@ -12,7 +12,7 @@ import csv
 import functools
 import io
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -21,9 +21,11 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from app.api import Blueprint
+from app.api.csvfile import cell
 from app.api.fields import Timestamp
 from app.auth import BEARER, merchant_id, merchant_only
 from app.web import db
+from commerce.instants import utc_text
 from commerce.reports import services
 from commerce.reports.periods import GROUPINGS
 
@@ -193,22 +195,13 @@ def wants_csv() -> bool:
     return request.accept_mimetypes.best_match(["application/json", CSV]) == CSV
 
 
-def _cell(value: Any) -> Any:
-    """Spreadsheets run text starting with = + - @ as a formula: such text gets a quote."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
-    return "" if value is None else value
-
-
 def csv_response(kind: str, report: dict[str, Any]) -> Response:
     columns, rows = _csv_rows(kind, report)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in columns])
+        writer.writerow([cell(row.get(c)) for c in columns])
     name = f"{kind}-{report['from']}-{report['to']}.csv"
     return Response(
         out.getvalue(),
@@ -246,7 +239,7 @@ def _plain(value: Any) -> Any:
     """What the JSON encoder cannot write itself: times (UTC with a `Z`) and dates. (Cached:
     a year by day repeats the same 366 period edges in every currency.)"""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return utc_text(value)
     if isinstance(value, date):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -51,6 +51,7 @@ from commerce.attribution.models import (
     DEFAULT_VIEW_WINDOW_SECONDS,
     VIEW_KINDS,
 )
+from commerce.instants import utc_text
 from commerce.outbound import services as outbound
 
 PURPOSE = "sales_attribution"
@@ -415,7 +416,7 @@ def announce(session: Session, rows: Sequence[Any]) -> None:
                 "window": row.window,
                 "amount": row.amount,
                 "currency": row.currency,
-                "purchased_at": row.purchased_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "purchased_at": utc_text(row.purchased_at),
             },
             dedupe_key=f"attribution.created:{row.id}",
         )

@@ -34,6 +34,7 @@ from commerce.cards.scrub import mask
 from commerce.db import after_commit, transaction, utcnow
 from commerce.errors import Conflict, InvalidInput, NotFound
 from commerce.ids import new_id
+from commerce.instants import utc_text
 from commerce.outbound import guard
 from commerce.outbound.guard import AddressPolicy, AddressRefused, Destination, Resolver
 from commerce.outbound.models import (
@@ -324,7 +325,7 @@ def emit(
     payload = {
         "id": event_id,
         "type": event_type,
-        "created": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "created": utc_text(now),
         "data": data,
     }
     inserted = session.execute(

@@ -33,7 +33,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from commerce import partnerdata
 from commerce.cards.scrub import mask
 from commerce.db import after_commit, utcnow
+from commerce.instants import utc_text
 from commerce.outbound import services as outbound
 from commerce.reconciliation.models import (
     DEFAULT_AMOUNT_TOLERANCE,
@@ -781,7 +782,7 @@ def announce(session: Session, rows: Sequence[Any]) -> None:
                 "subject_key": row.subject_key,
                 "sale_id": row.sale_id,
                 "fields": row.fields,
-                "opened_at": row.opened_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "opened_at": utc_text(row.opened_at),
             },
             dedupe_key=f"reconciliation.exception:{row.id}:{cause}",
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from commerce.db import utcnow
 from commerce.errors import InvalidInput
+from commerce.instants import utc_text
 from commerce.merchants.models import Merchant
 from commerce.reports import attribution as seam
 from commerce.reports.models import FUNNEL, MEASURES, MONEY
@@ -80,11 +81,6 @@ def make_query(
     return Query(merchant_id, window(timezone, first, last, today=today), grouping, by)
 
 
-def _utc_text(instant: datetime) -> str:
-    """An instant as the API writes it: UTC with a `Z`."""
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class _Cut:
     """The reported periods of a window, and the local days and UTC instants that cut it
@@ -122,7 +118,7 @@ def _cut(tz_name: str, first: date, last: date, grouping: str | None) -> _Cut:
             day = next_period(day, grouping)
             days.append(min(day, stop))
     edges = [local_midnight(d, tz) for d in days]
-    texts = [_utc_text(e) for e in edges]
+    texts = [utc_text(e) for e in edges]
     labels = tuple(
         (p.isoformat() if p is not None else None, texts[i], texts[i + 1])
         for i, p in enumerate(periods)
