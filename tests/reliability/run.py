@@ -146,6 +146,8 @@ def run_under_faults(cluster: Cluster, service: Service, stream: Stream, engine:
         at(REDIS_DOWN_AT + REDIS_DOWN_FOR)
         cluster.start_redis()
         note("Redis started again")
+        for n, status in service.revive_exited_workers():
+            note(f"worker-{n} had exited on the outage (status {status}); supervisor started it")
     finally:
         sender.join()
     answers: list[Answer] = delivered["answers"]

@@ -3,7 +3,10 @@ gunicorn instances (a load balancer's round robin: each delivery goes to the nex
 two Celery workers, sharing one PostgreSQL and one Redis, with the same guarantees.
 
 The worker that is SIGKILLed is whichever of the two is found blocked mid-task; the other
-one goes on working through the kill, the PostgreSQL restart and the Redis outage.
+one goes on working through the kill and the PostgreSQL restart. A worker that the Redis
+outage ends (kombu's transport can exit when the broker goes away with a task unacked) is
+started again once Redis is back, as a deployment's process supervisor would, and the
+timeline says so; the guarantees hold either way.
 """
 
 from __future__ import annotations

@@ -221,6 +221,20 @@ class Service:
     def restart_worker(self, n: int) -> None:
         self.workers[n] = self._worker(n)
 
+    def revive_exited_workers(self) -> list[tuple[int, int | None]]:
+        """Start again every worker that exited on its own, as the process supervisor of a
+        deployment does (systemd's `Restart=always`, a container's restart policy): the
+        Redis transport can end a worker when the broker goes away with a task unacked
+        (kombu's restore of unacked messages on a closed connection). Returns the number
+        and exit status of each one started again."""
+        revived = []
+        for n, worker in enumerate(self.workers):
+            status = worker.process.poll() if worker.process is not None else None
+            if status is not None:
+                self.workers[n] = self._worker(n)
+                revived.append((n, status))
+        return revived
+
     def logs(self) -> str:
         return "\n".join(
             f"----- {path.name} (last 3000 characters)\n" + path.read_text(errors="replace")[-3000:]
