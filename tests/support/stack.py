@@ -231,6 +231,11 @@ class Service:
         for n, worker in enumerate(self.workers):
             status = worker.process.poll() if worker.process is not None else None
             if status is not None:
+                assert worker.process is not None
+                # What it started goes with it, and its log is closed before the next opens.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.process.pid, signal.SIGKILL)
+                worker.stop()
                 self.workers[n] = self._worker(n)
                 revived.append((n, status))
         return revived
