@@ -8,6 +8,7 @@ COMMIT succeeds; a rollback drops it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -72,7 +73,8 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run `callback` once the session's current transaction has committed.
 
     Used to send Celery tasks: a task that reads a row must never run before the
-    row is visible, and must never run at all if the transaction rolled back.
+    row is visible, and must never run at all if the transaction rolled back (a callback
+    registered inside a SAVEPOINT that rolls back is dropped with it).
     """
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
@@ -88,10 +90,27 @@ def _run_after_commit(session: Session) -> None:
         callback()
 
 
+_SAVEPOINT_MARKS = "chatledger.after_commit.savepoints"
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: Any) -> None:
+    # A SAVEPOINT remembers how many callbacks were waiting when it began, so that rolling
+    # it back drops those registered inside it (their rows are gone) and keeps the others.
+    if transaction.nested:
+        marks = session.info.setdefault(_SAVEPOINT_MARKS, weakref.WeakKeyDictionary())
+        marks[transaction] = len(session.info.get(_AFTER_COMMIT, ()))
+
+
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
     if previous_transaction.parent is None:
         session.info.pop(_AFTER_COMMIT, None)
+        session.info.pop(_SAVEPOINT_MARKS, None)
+    elif previous_transaction.nested:
+        mark = session.info.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
+        if mark is not None:
+            del session.info.get(_AFTER_COMMIT, [])[mark:]
 
 
 @contextmanager

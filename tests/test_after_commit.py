@@ -39,3 +39,23 @@ def test_a_savepoint_rollback_keeps_the_outer_callbacks(committed):
         nested = session.begin_nested()
         nested.rollback()
     assert ran == ["outer"]
+
+
+def test_a_savepoint_rollback_drops_the_callbacks_registered_inside_it(committed):
+    ran: list[str] = []
+
+    def failing_savepoint(session) -> None:
+        with session.begin_nested():
+            after_commit(session, lambda: ran.append("rolled back"))
+            with session.begin_nested():
+                after_commit(session, lambda: ran.append("released, then rolled back"))
+            raise RuntimeError("the savepoint fails")
+
+    with transaction(committed) as session:
+        after_commit(session, lambda: ran.append("before"))
+        with pytest.raises(RuntimeError):
+            failing_savepoint(session)
+        with session.begin_nested():
+            after_commit(session, lambda: ran.append("released"))
+        after_commit(session, lambda: ran.append("after"))
+    assert ran == ["before", "released", "after"]
