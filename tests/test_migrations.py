@@ -51,13 +51,14 @@ def test_reshaping_attributions_queues_their_cardholders_to_be_attributed_again(
     import secrets
 
     from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
+
+    from tests.support.stack import with_database
 
     name = f"chatledger_migration_{secrets.token_hex(3)}"
     admin = create_engine(servers.database_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(servers.database_url).set(database=name).render_as_string(hide_password=False)
+    url = with_database(servers.database_url, name)
     engine = create_engine(url)
     try:
         migrate.upgrade(url, "0012")
