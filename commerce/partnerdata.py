@@ -13,7 +13,8 @@ walks the source and fails on any other read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -184,3 +185,37 @@ def hold_transactions(session: Session, *, into: str, ids: str) -> int:
             f" SELECT id FROM card_transactions WHERE id IN ({ids}) FOR KEY SHARE"
         )
     ).rowcount
+
+
+def merchant_lock_key(merchant_id: str) -> int:
+    """The advisory-lock key of the work on a merchant's card data (see `lock_merchants`)."""
+    digest = hashlib.blake2b(f"reconciliation\x1f{merchant_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def lock_merchants(session: Session, merchant_ids: Iterable[str], *, shared: bool) -> None:
+    """Take the locks of the work on these merchants' card data until the caller's
+    transaction ends.
+
+    Reconciliation holds a merchant's lock while it reads the merchant's card transactions
+    and writes about them: shared on the continuous path, exclusively for a batch. A
+    deletion of card data (`commerce.consent.cascade`) takes the lock of every merchant
+    whose transactions it deletes, exclusively, before it deletes: it waits for the runs
+    in progress and its triggers then remove what they wrote, and a run that starts after
+    it reads what it left. A run therefore never writes about a transaction deleted
+    meanwhile, and holds no lock on the transactions themselves.
+
+    Locks are taken in the order of the merchant ids (the code point order of `sorted`),
+    one at a time, which every holder keeps: two holders never wait on each other in a
+    cycle."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    keys = [merchant_lock_key(m) for m in sorted(set(merchant_ids))]
+    if not keys:
+        return
+    session.execute(
+        text(
+            f"SELECT {function}(x.k)"  # noqa: S608 - one of two names from code
+            " FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS x(k, n) ORDER BY x.n"
+        ),
+        {"keys": keys},
+    )

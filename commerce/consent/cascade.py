@@ -17,7 +17,7 @@ from commerce.cards.models import CardTransaction
 from commerce.consent.models import BalanceSnapshot, Consent, DeletionReceipt
 from commerce.db import utcnow
 from commerce.ids import new_id
-from commerce.partnerdata import agreement_covers
+from commerce.partnerdata import agreement_covers, lock_merchants
 from commerce.partners.models import Agreement
 
 _TABLES: tuple[type[CardTransaction] | type[BalanceSnapshot], ...] = (
@@ -36,7 +36,10 @@ def _delete(
 ) -> DeletionReceipt | None:
     counts: dict[str, int] = {}
     for model in _TABLES:
-        deleted = session.execute(delete(model).where(where[model])).rowcount
+        if model is CardTransaction:
+            deleted = _delete_card_transactions(session, where[model])
+        else:
+            deleted = session.execute(delete(model).where(where[model])).rowcount
         if deleted:
             counts[model.__tablename__] = deleted
     if not counts:
@@ -59,6 +62,32 @@ def _delete(
     )
     session.flush()
     return receipt
+
+
+def _delete_card_transactions(session: Session, where: ColumnElement[bool]) -> int:
+    """Delete the card transactions `where` selects, each once the reconciliations writing
+    about its merchant have committed (`partnerdata.lock_merchants`); their triggers then
+    delete the matches and exceptions that name them.
+
+    The merchants are those of the rows found. A row that arrives meanwhile at another
+    merchant is found by the next look and deleted under that merchant's lock in turn."""
+    held: set[str] = set()
+    deleted = 0
+    while True:
+        merchants = set(
+            session.scalars(select(CardTransaction.merchant_id).where(where).distinct())
+        )
+        if not merchants:
+            return deleted
+        new = {m for m in merchants if m is not None} - held
+        lock_merchants(session, new, shared=False)
+        held |= new
+        deleted += session.execute(
+            delete(CardTransaction).where(
+                where,
+                CardTransaction.merchant_id.is_(None) | CardTransaction.merchant_id.in_(held),
+            )
+        ).rowcount
 
 
 def delete_partner_data(

@@ -23,6 +23,11 @@ committed. Groups share GROUP_LOCK_STRIPES locks per merchant, so a scope of any
 a bounded number of locks: PostgreSQL's lock table is shared by every session
 (max_locks_per_transaction x max_connections entries), and a drain of thousands of groups
 with a lock each could fill it for everyone.
+
+The merchant's lock is `partnerdata.lock_merchants`: a deletion of card data at the
+merchant (a consent ended) takes it exclusively too, so it waits for the runs in progress
+and then removes what they wrote, and a run never writes about a card transaction deleted
+after it read it.
 """
 
 from __future__ import annotations
@@ -131,14 +136,11 @@ def _lock(session: Session, scope: Scope) -> None:
         if scope.merchant_id is not None:
             merchants = [scope.merchant_id]
         else:
-            merchants = list(session.scalars(text("SELECT id FROM merchants ORDER BY id")))
-        for merchant_id in merchants:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(merchant_id)})
+            merchants = list(session.scalars(text("SELECT id FROM merchants")))
+        partnerdata.lock_merchants(session, merchants, shared=False)
         return
     assert scope.merchant_id is not None
-    session.execute(
-        text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _lock_key(scope.merchant_id)}
-    )
+    partnerdata.lock_merchants(session, [scope.merchant_id], shared=True)
     # All the groups in one statement, in key order: two scopes never wait in a cycle.
     session.execute(
         text(
@@ -163,7 +165,6 @@ _DERIVED = (
     "rc_charges",
     "rc_new_groups",
     "rc_card_more",
-    "rc_held",
 )
 _TEMP = (
     "rc_groups",
@@ -666,23 +667,6 @@ DELETE FROM reconciliation_matches t
                       AND w.source_key = t.source_key)
 """
 
-#: The card transactions the rows to write name, held until the commit (a deletion waits,
-#: then removes the rows with them); a row naming one deleted meanwhile is not written.
-_HELD_IDS = """
-SELECT card_transaction_id FROM rc_want_match WHERE write
- UNION
-SELECT card_transaction_id FROM rc_want_exc WHERE write
-"""
-
-_DROP_UNHELD = """
-DELETE FROM rc_want_match w
- WHERE w.write AND w.card_transaction_id IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM rc_held h WHERE h.id = w.card_transaction_id);
-DELETE FROM rc_want_exc w
- WHERE w.write AND w.card_transaction_id IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM rc_held h WHERE h.id = w.card_transaction_id)
-"""
-
 _UPDATE_MATCHES = """
 UPDATE reconciliation_matches t
    SET card_transaction_id = w.card_transaction_id, rule = w.rule, fields = w.fields,
@@ -914,10 +898,6 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     run(text("ANALYZE rc_want_match, rc_want_exc"))
 
     changed = {"matches_deleted": run(text(_DELETE_MATCHES)).rowcount}
-    partnerdata.hold_transactions(session, into="rc_held", ids=_HELD_IDS)
-    run(text("ANALYZE rc_held"))
-    for statement in _DROP_UNHELD.strip().split(";\n"):
-        run(text(statement))
     changed["matches_written"] = (
         run(text(_UPDATE_MATCHES)).rowcount + run(text(_INSERT_MATCHES)).rowcount
     )

@@ -1,7 +1,9 @@
 """A consent that ends while reconciliation or attribution runs still takes everything the
-run wrote about the cardholder's data: the run holds the card transactions (and touchpoints)
-it writes about, the deletion waits for its commit, and the triggers of migrations 0012 and
-0014 then delete what it wrote. Real commits, two sessions."""
+run wrote about the cardholder's data: attribution holds the card transactions and
+touchpoints it writes about, reconciliation the merchant's lock
+(`partnerdata.lock_merchants`); the deletion waits for the run's commit, and the triggers of
+migrations 0012 and 0014 then delete what it wrote. A reconciliation that starts while a
+deletion is in progress waits for it and reads what it left. Real commits, two sessions."""
 
 from __future__ import annotations
 
@@ -37,14 +39,20 @@ def _waiting_on_a_lock(sessions, pid: int) -> bool:
         )
 
 
-def _attribute(session, partner_id):
+def _attribute(session, partner_id, _merchant_id):
     outcome = attribution.attribute(session, [(partner_id, "cust_1")])
     assert outcome.changed["written"] == 1  # one purchase, one touchpoint
 
 
-def _reconcile(session, _partner_id):
+def _reconcile(session, _partner_id, _merchant_id):
     outcome = reconciliation.reconcile(session, PERIOD)
     assert outcome.changed["exceptions_written"] == 1  # the purchase, an orphan
+
+
+def _reconcile_group(session, _partner_id, merchant_id):
+    """The continuous path: the card group of the purchase, as a drain reconciles it."""
+    outcome = reconciliation.reconcile(session, Scope.items(merchant_id, last4s=["4242"], as_of=T0))
+    assert outcome.changed["exceptions_written"] == 1
 
 
 PERIOD = Scope.period(T0 - timedelta(days=1), T0 + timedelta(days=1), as_of=T0)
@@ -53,11 +61,19 @@ PERIOD = Scope.period(T0 - timedelta(days=1), T0 + timedelta(days=1), as_of=T0)
 LEFT = {
     "attribution": "SELECT count(*) FROM attributions WHERE merchant_id = :m",
     "reconciliation": "SELECT count(*) FROM reconciliation_exceptions WHERE merchant_id = :m",
+    "reconciliation of a card group": (
+        "SELECT count(*) FROM reconciliation_exceptions WHERE merchant_id = :m"
+    ),
 }
 
 
 @pytest.mark.parametrize(
-    ("kind", "run_it"), [("attribution", _attribute), ("reconciliation", _reconcile)]
+    ("kind", "run_it"),
+    [
+        ("attribution", _attribute),
+        ("reconciliation", _reconcile),
+        ("reconciliation of a card group", _reconcile_group),
+    ],
 )
 def test_a_consent_ended_mid_run_takes_what_the_run_wrote(web, committed, kind, run_it):
     with committed() as setup:
@@ -96,7 +112,7 @@ def test_a_consent_ended_mid_run_takes_what_the_run_wrote(web, committed, kind, 
             deleted.append(exc)
 
     try:
-        run_it(run, partner_id)  # written, not committed yet
+        run_it(run, partner_id, merchant_id)  # written, not committed yet
         deletion = threading.Thread(target=end_the_consent)
         deletion.start()
         deadline = time.monotonic() + 30
@@ -117,3 +133,53 @@ def test_a_consent_ended_mid_run_takes_what_the_run_wrote(web, committed, kind, 
             {"p": partner_id},
         )
     assert (cards, left) == (0, 0)
+
+
+@pytest.mark.parametrize("path", ["batch", "card group"])
+def test_a_reconciliation_started_during_a_deletion_reads_what_it_left(web, committed, path):
+    with committed() as setup:
+        shop = open_shop(setup, web)
+        shop.card("authorized", 1000, at=T0)
+        setup.commit()
+        partner_id, merchant_id = shop.partner_id, shop.merchant_id
+    scope = PERIOD if path == "batch" else Scope.items(merchant_id, last4s=["4242"], as_of=T0)
+
+    deletion = committed()
+    outcomes: list[object] = []
+    pids: list[int] = []
+
+    def reconcile() -> None:
+        try:
+            with committed() as session:
+                pids.append(session.scalar(text("SELECT pg_backend_pid()")))
+                outcomes.append(reconciliation.reconcile(session, scope))
+                session.commit()
+        except BaseException as exc:  # reported to the test below
+            outcomes.append(exc)
+
+    try:
+        receipt = delete_partner_data(
+            deletion, partner_id=partner_id, customer_ref="cust_1", reason="consent_revoked"
+        )
+        assert receipt is not None  # deleted, not committed yet
+        run = threading.Thread(target=reconcile)
+        run.start()
+        deadline = time.monotonic() + 30
+        while not (pids and _waiting_on_a_lock(committed, pids[0])):
+            assert run.is_alive(), f"the run did not wait for the deletion: {outcomes}"
+            assert time.monotonic() < deadline, "the run never waited for the deletion's locks"
+            time.sleep(0.05)
+        deletion.commit()
+    finally:
+        deletion.close()
+    run.join(timeout=30)
+
+    [outcome] = outcomes
+    assert not isinstance(outcome, BaseException), outcome
+    assert outcome.purchases == 0  # the card data was gone when the run read
+    with committed() as check:
+        left = check.scalar(
+            text("SELECT count(*) FROM reconciliation_exceptions WHERE merchant_id = :m"),
+            {"m": merchant_id},
+        )
+    assert left == 0
