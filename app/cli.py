@@ -305,7 +305,7 @@ def reconcile(start: object, end: object, merchant_id: str | None) -> None:
                     start=start.replace(tzinfo=start.tzinfo or UTC),
                     end=end.replace(tzinfo=end.tzinfo or UTC),
                 )
-                services.execute_run(session, run.id)
+                services.execute_run(session, run.id, sessions=runtime.sessions())
                 summary = run.summary
         except InvalidInput as exc:
             problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.errors.items())

@@ -4,25 +4,30 @@ Makes a database of its own, generates the ground-truth data set of
 bench/reconcile_data.py (1,000,000 sales and about 1,050,000 card transactions by
 default), then, in the same run and on the same data, times
 
-- the engine's batch over the whole period (`engine.reconcile(Scope.period(...))`), which
-  writes every match and exception; and
-- the reference: the card matching written by hand as set-based SQL, with nothing else
-  (the usable card transactions at the merchants' MIDs, grouped into purchases; the
-  candidate pairs by merchant, last four, brand and time window; then the exact pass, the
-  tolerance pass and the time-window pass, each a greedy one-to-one assignment done as
-  rounds of pairs that are each other's best by time apart, amount apart and ids);
+- the engine's batch over the whole period as a run executes it
+  (`engine.reconcile_period`: the merchants in chunks, `engine.BATCH_SESSIONS` chunks at a
+  time, each in a session and transaction of its own), which writes every match and
+  exception; `--sessions N` (repeatable) times it with N sessions instead, and
+  `--sessions 1` is the batch in one session, chunk after chunk; and
+- the reference: the card matching written by hand as set-based SQL, with nothing else,
+  in one session (the usable card transactions at the merchants' MIDs, grouped into
+  purchases; the candidate pairs by merchant, last four, brand and time window; then the
+  exact pass, the tolerance pass and the time-window pass, each a greedy one-to-one
+  assignment done as rounds of pairs that are each other's best by time apart, amount
+  apart and ids);
 
 checks that both give the same card matches (and that the engine's equal the ground
 truth), and prints the timings as a Markdown table for docs/BENCHMARKS.md.
 
 Usage: .venv/bin/python bench/reconcile.py [--sales 1000000] [--repeat 2]
        [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--keep]
-       [--database NAME] [--profile] [--engine-only]
+       [--database NAME] [--sessions N ...] [--profile] [--engine-only]
 
 `--database NAME` generates into a database of that name and keeps it, or, when it already
 holds a generated data set, migrates it to the current schema and reuses it (generation
-at 1,000,000 sales takes about half an hour). `--profile` prints the batch's statements by
-time; `--engine-only` skips the reference (for profiling, not for a result).
+at 1,000,000 sales takes 7 to 35 minutes, with the machine's load). `--profile` prints the
+batch's statements by time (summed over its sessions); `--engine-only` skips the
+reference (for profiling, not for a result).
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ import secrets
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -155,16 +161,19 @@ class StatementClock:
         self.engine = engine
         self.spent: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self._began: list[float] = []
+        #: Per thread: a batch's sessions run in threads of their own.
+        self._began = threading.local()
+        self._lock = threading.Lock()
 
     def _before(self, *_: object) -> None:
-        self._began.append(time.perf_counter())
+        self._began.at = time.perf_counter()
 
     def _after(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
-        spent = time.perf_counter() - self._began.pop()
+        spent = time.perf_counter() - self._began.at
         key = " ".join(statement.split())
-        self.spent[key] = self.spent.get(key, 0.0) + spent
-        self.calls[key] = self.calls.get(key, 0) + 1
+        with self._lock:
+            self.spent[key] = self.spent.get(key, 0.0) + spent
+            self.calls[key] = self.calls.get(key, 0) + 1
 
     def __enter__(self) -> StatementClock:
         event.listen(self.engine, "before_cursor_execute", self._before)
@@ -182,13 +191,13 @@ class StatementClock:
             say(f"  {spent:7.2f}s {self.calls[key]:4d}x  {key[:150]}")
 
 
-def batch(engine: Engine, params: dict[str, str], *, profile: bool = False) -> float:
+def batch(engine: Engine, params: dict[str, str], *, sessions: int, profile: bool = False) -> float:
     if not profile:
-        return _batch(engine, params)
+        return _batch(engine, params, sessions)
     with engine.connect() as connection:
         wal = connection.execute(text("SELECT pg_current_wal_lsn()")).scalar()
     with StatementClock(engine) as clock:
-        seconds = _batch(engine, params)
+        seconds = _batch(engine, params, sessions)
     clock.report()
     with engine.connect() as connection:
         written = connection.execute(
@@ -198,18 +207,16 @@ def batch(engine: Engine, params: dict[str, str], *, profile: bool = False) -> f
     return seconds
 
 
-def _batch(engine: Engine, params: dict[str, str]) -> float:
+def _batch(engine: Engine, params: dict[str, str], sessions: int) -> float:
+    """The batch as a run executes it: `reconcile_period`, its chunks `sessions` at a time."""
     began = time.perf_counter()
-    with Session(engine) as session:
-        recon.reconcile(
-            session,
-            recon.Scope.period(
-                datetime.fromisoformat(params["period_start"]),
-                datetime.fromisoformat(params["period_end"]),
-                as_of=datetime.fromisoformat(params["as_of"]),
-            ),
-        )
-        session.commit()
+    recon.reconcile_period(
+        sessionmaker(engine),
+        datetime.fromisoformat(params["period_start"]),
+        datetime.fromisoformat(params["period_end"]),
+        as_of=datetime.fromisoformat(params["as_of"]),
+        concurrency=sessions,
+    )
     return time.perf_counter() - began
 
 
@@ -270,6 +277,13 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="the batch's statements by time")
     parser.add_argument("--engine-only", action="store_true", help="skip the reference")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        action="append",
+        help="sessions the batch runs its chunks in (repeat to measure several;"
+        f" default: {recon.BATCH_SESSIONS})",
+    )
     args = parser.parse_args()
 
     name = args.database or f"chatledger_bench_reconcile_{secrets.token_hex(3)}"
@@ -296,16 +310,19 @@ def main() -> None:
         start = datetime.fromisoformat(params["period_start"])
         end = datetime.fromisoformat(params["period_end"])
 
-        engine_times: list[float] = []
+        widths = args.sessions or [recon.BATCH_SESSIONS]
+        engine_times: dict[int, list[float]] = {n: [] for n in widths}
         reference_times: list[float] = []
         reference_steps: list[dict[str, float]] = []
         for run in range(args.repeat):
-            with engine.begin() as connection:
-                connection.execute(
-                    text("TRUNCATE reconciliation_matches, reconciliation_exceptions")
-                )
-            engine_times.append(batch(engine, params, profile=args.profile))
-            say(f"run {run + 1}: engine batch {engine_times[-1]:.1f}s")
+            for sessions in widths:
+                with engine.begin() as connection:
+                    connection.execute(
+                        text("TRUNCATE reconciliation_matches, reconciliation_exceptions")
+                    )
+                seconds = batch(engine, params, sessions=sessions, profile=args.profile)
+                engine_times[sessions].append(seconds)
+                say(f"run {run + 1}: engine batch, {sessions} session(s), {seconds:.1f}s")
             if args.engine_only:
                 continue
             with engine.begin() as connection:
@@ -347,9 +364,11 @@ def main() -> None:
             if truth:
                 say("  engine vs truth differ, first:", truth)
         if args.engine_only:
-            say(f"\nengine only: {', '.join(f'{t:.1f}' for t in engine_times)}; {machine()}")
+            for sessions, times in engine_times.items():
+                say(f"engine only, {sessions} session(s): {', '.join(f'{t:.1f}' for t in times)}")
+            say(machine())
             return
-        best_engine, best_reference = min(engine_times), min(reference_times)
+        best_reference = min(reference_times)
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
         ).stdout.strip()
@@ -360,15 +379,17 @@ def main() -> None:
             "| generation (bench/reconcile_data.py) | "
             + (f"{made.seconds:.0f} |" if made.seconds else "(reused database) |")
         )
-        say(
-            f"| engine batch, runs | {', '.join(f'{t:.1f}' for t in engine_times)}"
-            f" (median {statistics.median(engine_times):.1f}) |"
-        )
-        say(
-            f"| reference join, runs | {', '.join(f'{t:.1f}' for t in reference_times)}"
-            f" (median {statistics.median(reference_times):.1f}) |"
-        )
-        say(f"| ratio, best of each | {best_engine / best_reference:.2f}x |")
+
+        def runs(times: list[float]) -> str:
+            listed = ", ".join(f"{t:.1f}" for t in times)
+            return f"{listed} (median {statistics.median(times):.1f})"
+
+        for sessions, times in engine_times.items():
+            say(f"| engine batch, {sessions} session(s), runs | {runs(times)} |")
+        say(f"| reference join (one session), runs | {runs(reference_times)} |")
+        for sessions, times in engine_times.items():
+            ratio = min(times) / best_reference
+            say(f"| ratio, {sessions} session(s), best of each | {ratio:.2f}x |")
         say(f"\ncommit {commit}; {machine()}")
         RESULTS.mkdir(exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -76,6 +78,8 @@ class Scope:
     last4s: tuple[str, ...] = ()
     start: datetime | None = None
     end: datetime | None = None
+    #: A batch's merchants (None: every merchant).
+    merchant_ids: tuple[str, ...] | None = None
     #: "Now" for rules that depend on time (missing_clearing); default: the current time.
     as_of: datetime | None = None
     #: Extra (merchant_id, last4) groups to include (a sale that moved between groups).
@@ -104,9 +108,15 @@ class Scope:
         end: datetime,
         *,
         merchant_id: str | None = None,
+        merchant_ids: Iterable[str] | None = None,
         as_of: datetime | None = None,
     ) -> Scope:
-        return cls(merchant_id=merchant_id, start=start, end=end, as_of=as_of)
+        """Every sale created in [start, end) and every card group with a sale or a purchase
+        in it, of one merchant, of the merchants named, or of every merchant."""
+        chosen = None
+        if merchant_id is not None or merchant_ids is not None:
+            chosen = tuple(sorted({*(merchant_ids or ()), *([merchant_id] if merchant_id else [])}))
+        return cls(merchant_ids=chosen, start=start, end=end, as_of=as_of)
 
     @property
     def is_period(self) -> bool:
@@ -133,8 +143,8 @@ def _group_lock_key(merchant_id: str, last4: str) -> int:
 def _lock(session: Session, scope: Scope) -> None:
     if scope.is_period:
         merchants: Sequence[str]
-        if scope.merchant_id is not None:
-            merchants = [scope.merchant_id]
+        if scope.merchant_ids is not None:
+            merchants = scope.merchant_ids
         else:
             merchants = list(session.scalars(text("SELECT id FROM merchants")))
         partnerdata.lock_merchants(session, merchants, shared=False)
@@ -215,7 +225,8 @@ INSERT INTO rc_groups (merchant_id, last4)
 SELECT DISTINCT s.merchant_id, s.card_last4 FROM sales s
  WHERE s.card_last4 IS NOT NULL
    AND s.created_at >= :start AND s.created_at < :end
-   AND (CAST(:merchant_id AS text) IS NULL OR s.merchant_id = :merchant_id)
+   AND (CAST(:merchant_ids AS text[]) IS NULL
+        OR s.merchant_id = ANY(CAST(:merchant_ids AS text[])))
 """
 
 #: A batch stages, in one read, the card transactions of the groups of its sales and every
@@ -226,8 +237,8 @@ card_transactions.merchant_id IS NOT NULL AND card_transactions.card_last4 IS NO
 AND ((card_transactions.merchant_id, card_transactions.card_last4)
          IN (SELECT merchant_id, last4 FROM rc_groups)
      OR (card_transactions.occurred_at >= :start AND card_transactions.occurred_at < :end
-         AND (CAST(:merchant_id AS text) IS NULL
-              OR card_transactions.merchant_id = :merchant_id)))
+         AND (CAST(:merchant_ids AS text[]) IS NULL
+              OR card_transactions.merchant_id = ANY(CAST(:merchant_ids AS text[])))))
 """
 
 _NEW_GROUPS = """
@@ -271,7 +282,8 @@ s.id IN (SELECT id FROM rc_scope_sales
 #: A batch reads the sales table once: the period's sales, and those of its card groups.
 _SALES_OF_PERIOD = """
 (s.created_at >= :start AND s.created_at < :end
- AND (CAST(:merchant_id AS text) IS NULL OR s.merchant_id = :merchant_id))
+ AND (CAST(:merchant_ids AS text[]) IS NULL
+      OR s.merchant_id = ANY(CAST(:merchant_ids AS text[]))))
 OR (s.merchant_id, s.card_last4) IN (SELECT merchant_id, last4 FROM rc_groups)
 """
 
@@ -841,7 +853,11 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
             run(text(statement))
 
     if scope.is_period:
-        params = {"start": scope.start, "end": scope.end, "merchant_id": scope.merchant_id}
+        params = {
+            "start": scope.start,
+            "end": scope.end,
+            "merchant_ids": None if scope.merchant_ids is None else list(scope.merchant_ids),
+        }
         run(text(_GROUPS_OF_PERIOD_SALES), params)
         _stage_card(session, "rc_card", text(_CARD_OF_PERIOD).bindparams(**params))
         run(text("ANALYZE rc_groups, rc_card"))
@@ -853,7 +869,7 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
                 text(_CARD_OF_NEW_GROUPS).bindparams(start=scope.start, end=scope.end),
             )
             run(text("INSERT INTO rc_card SELECT * FROM rc_card_more"))
-        run(text(_SALES.format(scope=_SALES_OF_PERIOD)), {**defaults, **params})
+        sales = run(text(_SALES.format(scope=_SALES_OF_PERIOD)), {**defaults, **params}).rowcount
     else:
         params = {
             "merchant_id": scope.merchant_id,
@@ -871,12 +887,12 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
         for key in sorted({_group_lock_key(scope.merchant_id or "", last4) for last4 in extra}):
             run(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
         _stage_card(session, "rc_card", text(_CARD_OF_GROUPS))
-        run(text(_SALES.format(scope=_SALES_OF_ITEMS)), defaults)
+        sales = run(text(_SALES.format(scope=_SALES_OF_ITEMS)), defaults).rowcount
 
     run(text("ANALYZE rc_sales"))
     run(text(_CHARGES))
     run(text("ANALYZE rc_charges"))
-    run(text(_PURCHASES), defaults)
+    purchases = run(text(_PURCHASES), defaults).rowcount
     run(text("ANALYZE rc_purch"))
     run(text(_STRIPE_REFUNDS))
 
@@ -893,8 +909,8 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
     run(text(_UNMATCHED))
     run(text(_DUPLICATE_OF))
     run(text(_REFUND_PAIRS))
-    run(text(_WANT_MATCHES))
-    run(text(_WANT_EXCEPTIONS), {"as_of": as_of})
+    matches = run(text(_WANT_MATCHES)).rowcount
+    exceptions = run(text(_WANT_EXCEPTIONS), {"as_of": as_of}).rowcount
     run(text("ANALYZE rc_want_match, rc_want_exc"))
 
     changed = {"matches_deleted": run(text(_DELETE_MATCHES)).rowcount}
@@ -922,12 +938,6 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
                 for row in run(text(_ANNOUNCED), {"ids": sorted(opened)})
             ],
         )
-    counts = session.execute(
-        text(
-            "SELECT (SELECT count(*) FROM rc_sales), (SELECT count(*) FROM rc_purch),"
-            " (SELECT count(*) FROM rc_want_match), (SELECT count(*) FROM rc_want_exc)"
-        )
-    ).one()
     cardholders: tuple[tuple[str, str], ...] = ()
     if not scope.is_period:
         cardholders = tuple(
@@ -940,12 +950,116 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
             )
         )
     return Outcome(
-        sales=counts[0],
-        purchases=counts[1],
-        matches=counts[2],
-        exceptions=counts[3],
+        sales=sales,
+        purchases=purchases,
+        matches=matches,
+        exceptions=exceptions,
         changed=changed,
         cardholders=cardholders,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 5. A batch over a period, in chunks of whole merchants.
+# --------------------------------------------------------------------------------------------
+
+#: A batch is cut into chunks of whole merchants of about this many sales of the period each
+#: (a merchant with more is a chunk of its own); each chunk is reconciled and committed in a
+#: transaction of its own.
+BATCH_CHUNK_SALES = 500_000
+
+#: Chunks reconciled at the same time, each in a session of its own.
+BATCH_SESSIONS = 2
+
+_MERCHANT_SALES = """
+SELECT m.id, coalesce(n.sales, 0)
+  FROM merchants m
+  LEFT JOIN (SELECT merchant_id, count(*) AS sales FROM sales
+              WHERE created_at >= :start AND created_at < :end
+              GROUP BY merchant_id) n ON n.merchant_id = m.id
+ WHERE CAST(:merchant_id AS text) IS NULL OR m.id = :merchant_id
+"""
+
+
+def batch_chunks(
+    sizes: Iterable[tuple[str, int]], *, sessions: int, chunk_sales: int = BATCH_CHUNK_SALES
+) -> list[tuple[str, ...]]:
+    """Merchants (id, sales of the period) dealt into chunks: at least one per session,
+    more when the period holds more than `chunk_sales` per chunk; the largest merchant first
+    into the smallest chunk, so the chunks come out about even. Chunks are in the order to
+    run them, the largest first."""
+    merchants = sorted(sizes, key=lambda m: (-m[1], m[0]))
+    if not merchants:
+        return []
+    total = sum(n for _, n in merchants)
+    count = min(len(merchants), max(sessions, -(-total // chunk_sales)))
+    chunks: list[tuple[int, list[str]]] = [(0, []) for _ in range(count)]
+    for merchant_id, sales in merchants:
+        smallest = min(range(count), key=lambda i: (chunks[i][0], i))
+        size, members = chunks[smallest]
+        chunks[smallest] = (size + sales, [*members, merchant_id])
+    chunks.sort(key=lambda c: -c[0])
+    return [tuple(sorted(members)) for _, members in chunks]
+
+
+def reconcile_period(
+    sessions: Callable[[], Session],
+    start: datetime,
+    end: datetime,
+    *,
+    merchant_id: str | None = None,
+    as_of: datetime | None = None,
+    concurrency: int = BATCH_SESSIONS,
+) -> Outcome:
+    """Reconcile every sale and card group of a period (of one merchant, or of every
+    merchant), as `reconcile(Scope.period(...))` does, in chunks of whole merchants
+    (`batch_chunks`), `concurrency` at a time, each in a session and transaction of its own
+    from `sessions`; returns the chunks' outcomes added up.
+
+    A merchant's matches and exceptions never depend on another merchant's data, so the
+    chunks give what one scope over every merchant gives. Each chunk commits when it is
+    done and holds its merchants' locks only while it runs. If a chunk fails, the chunks
+    not begun are not run and the first error is raised once the others have ended: what
+    committed is right for its merchants, and running the batch again completes it."""
+    as_of = as_of or utcnow()
+    with sessions() as session:
+        sizes = session.execute(
+            text(_MERCHANT_SALES), {"start": start, "end": end, "merchant_id": merchant_id}
+        ).all()
+    chunks = batch_chunks([(row[0], row[1]) for row in sizes], sessions=concurrency)
+    stop = threading.Event()
+
+    def run_chunk(merchant_ids: tuple[str, ...]) -> Outcome | None:
+        if stop.is_set():
+            return None
+        try:
+            with sessions() as session:
+                outcome = reconcile(
+                    session, Scope.period(start, end, merchant_ids=merchant_ids, as_of=as_of)
+                )
+                session.commit()
+                return outcome
+        except BaseException:
+            stop.set()
+            raise
+
+    outcomes: list[Outcome] = []
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(run_chunk, chunk) for chunk in chunks]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        outcomes = [o for f in futures if f.exception() is None and (o := f.result())]
+    if errors:
+        raise errors[0]
+    changed: dict[str, int] = {}
+    for outcome in outcomes:
+        for key, value in outcome.changed.items():
+            changed[key] = changed.get(key, 0) + value
+    return Outcome(
+        sales=sum(o.sales for o in outcomes),
+        purchases=sum(o.purchases for o in outcomes),
+        matches=sum(o.matches for o in outcomes),
+        exceptions=sum(o.exceptions for o in outcomes),
+        changed=changed,
     )
 
 

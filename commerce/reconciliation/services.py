@@ -7,7 +7,7 @@ run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,8 +31,8 @@ from commerce.reconciliation.models import (
 )
 from commerce.sales.models import Sale
 
-#: A batch run over more than this is refused: split it (each run holds the merchants'
-#: reconciliation lock for its whole length).
+#: A batch run over more than this is refused: split it (each chunk of a run holds its
+#: merchants' reconciliation lock for the whole period's work).
 MAX_RUN_PERIOD = timedelta(days=366)
 
 
@@ -207,9 +207,18 @@ def get_run(session: Session, merchant_id: str | None, run_id: str) -> Reconcili
     return run
 
 
-def execute_run(session: Session, run_id: str, *, as_of: datetime | None = None) -> bool:
-    """Run a queued batch in the caller's transaction; False if it is not queued (already
-    run, or taken by another worker)."""
+def execute_run(
+    session: Session,
+    run_id: str,
+    *,
+    sessions: Callable[[], Session],
+    as_of: datetime | None = None,
+) -> bool:
+    """Run a queued batch; False if it is not queued (already run, or taken by another
+    worker). The period's merchants are reconciled in chunks, each in a session of its own
+    from `sessions` that commits when the chunk is done (`engine.reconcile_period`); the
+    attribution of the period, the summary and the run's status are written in the
+    caller's transaction."""
     run = session.scalars(
         select(ReconciliationRun)
         .where(ReconciliationRun.id == run_id, ReconciliationRun.status == "queued")
@@ -218,11 +227,8 @@ def execute_run(session: Session, run_id: str, *, as_of: datetime | None = None)
     if run is None:
         return False
     run.started_at = utcnow()
-    outcome = engine.reconcile(
-        session,
-        engine.Scope.period(
-            run.period_start, run.period_end, merchant_id=run.merchant_id, as_of=as_of
-        ),
+    outcome = engine.reconcile_period(
+        sessions, run.period_start, run.period_end, merchant_id=run.merchant_id, as_of=as_of
     )
     # Then off-platform attribution of what the period left unmatched.
     attributed = attribution.attribute_period(

@@ -79,11 +79,13 @@ def sweep_payouts() -> int:
 
 @shared_task(bind=True, name="reconciliation.run_batch", max_retries=5)
 def run_batch(self, run_id: str) -> str | None:  # type: ignore[no-untyped-def]
-    """Run a queued batch over its period. The run and its results commit together; a
-    failure is recorded on the run in a transaction of its own."""
+    """Run a queued batch over its period. Its merchants are reconciled in chunks, each
+    committed on its own (`engine.reconcile_period`); the run, its attribution and summary
+    commit together after them. A failure is recorded on the run in a transaction of its
+    own."""
     try:
         with transaction(runtime.sessions()) as session:
-            ran = services.execute_run(session, run_id)
+            ran = services.execute_run(session, run_id, sessions=runtime.sessions())
     except OperationalError as exc:
         # The database went away or a lock waited too long: the run is still queued.
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
@@ -98,10 +100,10 @@ def run_batch(self, run_id: str) -> str | None:  # type: ignore[no-untyped-def]
 @shared_task(name="reconciliation.sweep_clearings")
 def sweep_clearings() -> int:
     """Reconcile the authorizations that time alone may have made missing their clearing."""
+    as_of = utcnow()
     with transaction(runtime.sessions()) as session:
-        as_of = utcnow()
         start, end = services.clearing_sweep_period(session, as_of=as_of)
-        outcome = engine.reconcile(session, engine.Scope.period(start, end, as_of=as_of))
+    outcome = engine.reconcile_period(runtime.sessions(), start, end, as_of=as_of)
     return outcome.changed["exceptions_written"]
 
 

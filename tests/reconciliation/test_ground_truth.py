@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
 from commerce.reconciliation.models import DEFAULT_CLEARING_DAYS
@@ -73,13 +73,17 @@ def _when(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def _batch(engine: Engine) -> None:
+def _batch(engine: Engine, *, chunked: bool = True) -> None:
+    """The batch over the whole period: as a run executes it, its merchants in chunks
+    reconciled two at a time in sessions of their own; or, `chunked=False`, every merchant
+    in one scope and one transaction."""
     p = _params(engine)
+    start, end, as_of = _when(p["period_start"]), _when(p["period_end"]), _when(p["as_of"])
+    if chunked:
+        engine_module.reconcile_period(sessionmaker(engine), start, end, as_of=as_of, concurrency=2)
+        return
     with Session(engine) as session:
-        engine_module.reconcile(
-            session,
-            Scope.period(_when(p["period_start"]), _when(p["period_end"]), as_of=_when(p["as_of"])),
-        )
+        engine_module.reconcile(session, Scope.period(start, end, as_of=as_of))
         session.commit()
 
 
@@ -173,6 +177,11 @@ def test_the_batch_reproduces_the_ground_truth_and_a_second_run_changes_nothing(
     _batch(truth_db)
     changed = _changed_since_snapshot(truth_db)
     assert not changed, "a second batch run changed rows:\n" + "\n".join(changed)
+
+    # Every merchant in one scope calls for exactly what the chunks wrote.
+    _batch(truth_db, chunked=False)
+    changed = _changed_since_snapshot(truth_db)
+    assert not changed, "one scope over every merchant changed rows:\n" + "\n".join(changed)
 
 
 # The sweep that reconciles the card groups whose authorizations passed their clearing
