@@ -289,11 +289,13 @@ def reconcile(start: object, end: object, merchant_id: str | None) -> None:
     from commerce.db import transaction
     from commerce.errors import InvalidInput
     from commerce.merchants.models import Merchant
-    from commerce.reconciliation import services
+    from commerce.reconciliation import engine, services
 
     assert isinstance(start, datetime)
     assert isinstance(end, datetime)
-    with _servers(_settings()) as (database_url, _):
+    settings = _settings()
+    engine.configure(batch_sessions=settings.reconciliation_batch_sessions)
+    with _servers(settings) as (database_url, _):
         runtime.configure_database(database_url)
         try:
             with transaction(runtime.sessions()) as session:

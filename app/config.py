@@ -72,6 +72,9 @@ class Settings:
     alert_thresholds: Thresholds = field(default_factory=Thresholds)
     #: A balance snapshot older than this is told as stale.
     balance_stale_after: timedelta = timedelta(hours=24)
+    #: Chunks of a reconciliation batch run at the same time, each in a database session of
+    #: its own (about one per core the database can give the batch).
+    reconciliation_batch_sessions: int = 2
 
     @property
     def embedded(self) -> bool:
@@ -107,6 +110,9 @@ class Settings:
             alert_thresholds=_alert_thresholds(reader),
             balance_stale_after=timedelta(
                 hours=reader.integer("BALANCE_STALE_HOURS", default=24, low=1, high=24 * 365)
+            ),
+            reconciliation_batch_sessions=reader.integer(
+                "RECONCILIATION_BATCH_SESSIONS", default=2, low=1, high=32
             ),
         )
 

@@ -22,6 +22,7 @@ from commerce.cards.scrub import PanLogFilter
 from commerce.chat import send as chat_send
 from commerce.chat.send import MessengerSendApi
 from commerce.payments.stripe import StripeProvider
+from commerce.reconciliation import engine as reconciliation_engine
 from webhooks.relay import inbox_relay_step
 
 #: Longest countdown a task may schedule (retry_backoff_max of the refund task is 10 minutes).
@@ -141,6 +142,7 @@ def configure_domain(settings: Settings) -> None:
     alerts_config.configure(
         thresholds=settings.alert_thresholds, stale_after=settings.balance_stale_after
     )
+    reconciliation_engine.configure(batch_sessions=settings.reconciliation_batch_sessions)
     if settings.stripe_api_key:
         payments.configure(
             StripeProvider(settings.stripe_api_key, api_base=settings.stripe_api_base)

@@ -32,10 +32,12 @@ def test_values_are_read_and_settings_are_immutable():
             "CHATLEDGER_PORT": "9000",
             "CHATLEDGER_STRIPE_WEBHOOK_SECRETS": "whsec_new, whsec_old",
             "CHATLEDGER_CARD_KEYS": f"v2:{KEY},v1:{KEY}",
+            "CHATLEDGER_RECONCILIATION_BATCH_SESSIONS": "4",
         }
     )
     assert not settings.embedded
     assert settings.port == 9000
+    assert settings.reconciliation_batch_sessions == 4
     assert settings.stripe_webhook_secrets == ("whsec_new", "whsec_old")
     assert [k.version for k in settings.card_keys] == ["v2", "v1"]
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -68,6 +70,8 @@ def test_secrets_stay_out_of_the_repr():
         ("CHATLEDGER_CARD_KEYS", KEY),
         ("CHATLEDGER_RATE_LIMIT_PER_MINUTE", "0"),
         ("CHATLEDGER_LOG_LEVEL", "LOUD"),
+        ("CHATLEDGER_RECONCILIATION_BATCH_SESSIONS", "0"),
+        ("CHATLEDGER_RECONCILIATION_BATCH_SESSIONS", "many"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable, value):

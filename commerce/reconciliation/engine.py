@@ -968,8 +968,19 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
 #: transaction of its own.
 BATCH_CHUNK_SALES = 500_000
 
-#: Chunks reconciled at the same time, each in a session of its own.
+#: Chunks reconciled at the same time, each in a session of its own, unless `configure`
+#: says otherwise (CHATLEDGER_RECONCILIATION_BATCH_SESSIONS).
 BATCH_SESSIONS = 2
+_batch_sessions = BATCH_SESSIONS
+
+
+def configure(*, batch_sessions: int = BATCH_SESSIONS) -> None:
+    """The number of sessions a batch runs its chunks in, in this process."""
+    global _batch_sessions
+    if batch_sessions < 1:
+        raise ValueError("a batch needs at least one session")
+    _batch_sessions = batch_sessions
+
 
 _MERCHANT_SALES = """
 SELECT m.id, coalesce(n.sales, 0)
@@ -1009,12 +1020,12 @@ def reconcile_period(
     *,
     merchant_id: str | None = None,
     as_of: datetime | None = None,
-    concurrency: int = BATCH_SESSIONS,
+    concurrency: int | None = None,
 ) -> Outcome:
     """Reconcile every sale and card group of a period (of one merchant, or of every
     merchant), as `reconcile(Scope.period(...))` does, in chunks of whole merchants
-    (`batch_chunks`), `concurrency` at a time, each in a session and transaction of its own
-    from `sessions`; returns the chunks' outcomes added up.
+    (`batch_chunks`), `concurrency` at a time (default: as configured), each in a session
+    and transaction of its own from `sessions`; returns the chunks' outcomes added up.
 
     A merchant's matches and exceptions never depend on another merchant's data, so the
     chunks give what one scope over every merchant gives. Each chunk commits when it is
@@ -1022,6 +1033,7 @@ def reconcile_period(
     not begun are not run and the first error is raised once the others have ended: what
     committed is right for its merchants, and running the batch again completes it."""
     as_of = as_of or utcnow()
+    concurrency = concurrency or _batch_sessions
     with sessions() as session:
         sizes = session.execute(
             text(_MERCHANT_SALES), {"start": start, "end": end, "merchant_id": merchant_id}
@@ -1044,7 +1056,7 @@ def reconcile_period(
             raise
 
     outcomes: list[Outcome] = []
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(run_chunk, chunk) for chunk in chunks]
         errors = [f.exception() for f in futures if f.exception() is not None]
         outcomes = [o for f in futures if f.exception() is None and (o := f.result())]
