@@ -232,13 +232,14 @@ SELECT DISTINCT s.merchant_id, s.card_last4 FROM sales s
 #: A batch stages, in one read, the card transactions of the groups of its sales and every
 #: card transaction of the period; the groups of the latter that no sale brought are added,
 #: and their transactions outside the period read next (`_CARD_OF_NEW_GROUPS`).
+#: (The groups are the batch's merchants' groups: the merchants bound every row read.)
 _CARD_OF_PERIOD = """
 card_transactions.merchant_id IS NOT NULL AND card_transactions.card_last4 IS NOT NULL
+AND (CAST(:merchant_ids AS text[]) IS NULL
+     OR card_transactions.merchant_id = ANY(CAST(:merchant_ids AS text[])))
 AND ((card_transactions.merchant_id, card_transactions.card_last4)
          IN (SELECT merchant_id, last4 FROM rc_groups)
-     OR (card_transactions.occurred_at >= :start AND card_transactions.occurred_at < :end
-         AND (CAST(:merchant_ids AS text[]) IS NULL
-              OR card_transactions.merchant_id = ANY(CAST(:merchant_ids AS text[])))))
+     OR (card_transactions.occurred_at >= :start AND card_transactions.occurred_at < :end))
 """
 
 _NEW_GROUPS = """
@@ -281,10 +282,9 @@ s.id IN (SELECT id FROM rc_scope_sales
 
 #: A batch reads the sales table once: the period's sales, and those of its card groups.
 _SALES_OF_PERIOD = """
-(s.created_at >= :start AND s.created_at < :end
- AND (CAST(:merchant_ids AS text[]) IS NULL
-      OR s.merchant_id = ANY(CAST(:merchant_ids AS text[]))))
-OR (s.merchant_id, s.card_last4) IN (SELECT merchant_id, last4 FROM rc_groups)
+(CAST(:merchant_ids AS text[]) IS NULL OR s.merchant_id = ANY(CAST(:merchant_ids AS text[])))
+AND ((s.created_at >= :start AND s.created_at < :end)
+     OR (s.merchant_id, s.card_last4) IN (SELECT merchant_id, last4 FROM rc_groups))
 """
 
 #: Stripe's charges of each sale: its distinct charge ids of `payment_succeeded` events
@@ -1044,16 +1044,26 @@ def reconcile_period(
     def run_chunk(merchant_ids: tuple[str, ...]) -> Outcome | None:
         if stop.is_set():
             return None
+        began = time.monotonic()
         try:
             with sessions() as session:
                 outcome = reconcile(
                     session, Scope.period(start, end, merchant_ids=merchant_ids, as_of=as_of)
                 )
                 session.commit()
-                return outcome
         except BaseException:
             stop.set()
             raise
+        log.info(
+            "reconciled %d merchants, %d sales and %d card purchases of %s to %s in %.1fs",
+            len(merchant_ids),
+            outcome.sales,
+            outcome.purchases,
+            utc_text(start),
+            utc_text(end),
+            time.monotonic() - began,
+        )
+        return outcome
 
     outcomes: list[Outcome] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
