@@ -39,6 +39,15 @@ def _waiting_on_a_lock(sessions, pid: int) -> bool:
         )
 
 
+def _until_it_waits(sessions, thread, pids: list[int], what: str, results: list) -> None:
+    """Until the session of `thread` (its backend pid in `pids`) waits on a lock."""
+    deadline = time.monotonic() + 30
+    while not (pids and _waiting_on_a_lock(sessions, pids[0])):
+        assert thread.is_alive(), f"{what} ended without waiting: {results}"
+        assert time.monotonic() < deadline, f"{what} never waited on a lock"
+        time.sleep(0.05)
+
+
 def _attribute(session, partner_id, _merchant_id):
     outcome = attribution.attribute(session, [(partner_id, "cust_1")])
     assert outcome.changed["written"] == 1  # one purchase, one touchpoint
@@ -115,11 +124,7 @@ def test_a_consent_ended_mid_run_takes_what_the_run_wrote(web, committed, kind, 
         run_it(run, partner_id, merchant_id)  # written, not committed yet
         deletion = threading.Thread(target=end_the_consent)
         deletion.start()
-        deadline = time.monotonic() + 30
-        while not (pids and _waiting_on_a_lock(committed, pids[0])):
-            assert deletion.is_alive(), f"the deletion did not wait for the run: {deleted}"
-            assert time.monotonic() < deadline, "the deletion never waited for the run's locks"
-            time.sleep(0.05)
+        _until_it_waits(committed, deletion, pids, "the deletion", deleted)
         run.commit()
     finally:
         run.close()
@@ -164,11 +169,7 @@ def test_a_reconciliation_started_during_a_deletion_reads_what_it_left(web, comm
         assert receipt is not None  # deleted, not committed yet
         run = threading.Thread(target=reconcile)
         run.start()
-        deadline = time.monotonic() + 30
-        while not (pids and _waiting_on_a_lock(committed, pids[0])):
-            assert run.is_alive(), f"the run did not wait for the deletion: {outcomes}"
-            assert time.monotonic() < deadline, "the run never waited for the deletion's locks"
-            time.sleep(0.05)
+        _until_it_waits(committed, run, pids, "the run", outcomes)
         deletion.commit()
     finally:
         deletion.close()
