@@ -33,6 +33,7 @@ after it read it.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import threading
 import time
@@ -968,6 +969,10 @@ def reconcile(session: Session, scope: Scope) -> Outcome:
 #: transaction of its own.
 BATCH_CHUNK_SALES = 500_000
 
+#: A chunk holds at most this many merchants: it takes an advisory lock for each, and
+#: PostgreSQL's lock table is shared by every session.
+BATCH_CHUNK_MERCHANTS = 500
+
 #: Chunks reconciled at the same time, each in a session of its own, unless `configure`
 #: says otherwise (CHATLEDGER_RECONCILIATION_BATCH_SESSIONS).
 BATCH_SESSIONS = 2
@@ -993,24 +998,37 @@ SELECT m.id, coalesce(n.sales, 0)
 
 
 def batch_chunks(
-    sizes: Iterable[tuple[str, int]], *, sessions: int, chunk_sales: int = BATCH_CHUNK_SALES
+    sizes: Iterable[tuple[str, int]],
+    *,
+    sessions: int,
+    chunk_sales: int = BATCH_CHUNK_SALES,
+    chunk_merchants: int = BATCH_CHUNK_MERCHANTS,
 ) -> list[tuple[str, ...]]:
     """Merchants (id, sales of the period) dealt into chunks: at least one per session,
-    more when the period holds more than `chunk_sales` per chunk; the largest merchant first
-    into the smallest chunk, so the chunks come out about even. Chunks are in the order to
-    run them, the largest first."""
+    more when the period holds more than `chunk_sales` sales or `chunk_merchants` merchants
+    per chunk. The largest merchant goes first, each into the chunk with the fewest sales
+    (then the fewest merchants) that is not full, so the chunks come out about even and
+    none holds more than `chunk_merchants` merchants (and as many locks). Chunks are in the
+    order to run them, the largest first."""
     merchants = sorted(sizes, key=lambda m: (-m[1], m[0]))
     if not merchants:
         return []
     total = sum(n for _, n in merchants)
-    count = min(len(merchants), max(sessions, -(-total // chunk_sales)))
-    chunks: list[tuple[int, list[str]]] = [(0, []) for _ in range(count)]
+    count = min(
+        len(merchants),
+        max(sessions, -(-total // chunk_sales), -(-len(merchants) // chunk_merchants)),
+    )
+    members: list[list[str]] = [[] for _ in range(count)]
+    loads = [0] * count
+    open_chunks = [(0, 0, i) for i in range(count)]  # (sales, merchants, chunk), a heap
     for merchant_id, sales in merchants:
-        smallest = min(range(count), key=lambda i: (chunks[i][0], i))
-        size, members = chunks[smallest]
-        chunks[smallest] = (size + sales, [*members, merchant_id])
-    chunks.sort(key=lambda c: -c[0])
-    return [tuple(sorted(members)) for _, members in chunks]
+        load, held, i = heapq.heappop(open_chunks)
+        members[i].append(merchant_id)
+        loads[i] = load + sales
+        if held + 1 < chunk_merchants:
+            heapq.heappush(open_chunks, (load + sales, held + 1, i))
+    order = sorted(range(count), key=lambda i: (-loads[i], i))
+    return [tuple(sorted(members[i])) for i in order]
 
 
 def reconcile_period(

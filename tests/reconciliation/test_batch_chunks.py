@@ -39,6 +39,17 @@ def test_a_merchant_larger_than_a_chunk_is_a_chunk_of_its_own():
     assert sorted(m for chunk in chunks[1:] for m in chunk) == ["mer_x", "mer_y"]
 
 
+def test_no_chunk_holds_more_merchants_than_its_share_of_locks():
+    quiet = [(f"mer_q{i:04d}", 0) for i in range(1800)]  # merchants without a sale
+    busy = [(f"mer_b{i:02d}", 1000 + i) for i in range(40)]
+    chunks = batch_chunks(quiet + busy, sessions=2, chunk_merchants=500)
+    assert len(chunks) == 4  # 1,840 merchants, 500 at most in each
+    assert all(len(chunk) <= 500 for chunk in chunks)
+    assert sorted(m for chunk in chunks for m in chunk) == sorted(m for m, _ in quiet + busy)
+    busy_per_chunk = [sum(m.startswith("mer_b") for m in chunk) for chunk in chunks]
+    assert busy_per_chunk == [10, 10, 10, 10]  # the sales spread over every chunk
+
+
 def test_no_merchants_no_chunks_and_never_more_chunks_than_merchants():
     assert batch_chunks([], sessions=4) == []
     assert batch_chunks([("mer_a", 10**9)], sessions=4, chunk_sales=10) == [("mer_a",)]
