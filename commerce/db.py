@@ -8,6 +8,7 @@ COMMIT succeeds; a rollback drops it.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: responses are serialized after the commit without a reload.
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+def advisory_lock_key(*parts: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory locks, named by its parts."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 _AFTER_COMMIT = "chatledger.after_commit"
@@ -131,6 +138,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "Base",
     "BigInteger",
+    "advisory_lock_key",
     "after_commit",
     "make_engine",
     "make_session_factory",

@@ -13,7 +13,6 @@ walks the source and fails on any other read.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,7 +37,7 @@ from sqlalchemy.types import NullType
 from commerce.audit.services import record
 from commerce.cards.models import CardTransaction
 from commerce.consent.models import BalanceSnapshot, Consent
-from commerce.db import utcnow
+from commerce.db import advisory_lock_key, utcnow
 from commerce.errors import InvalidInput
 from commerce.partners.models import PURPOSES, Agreement
 
@@ -187,10 +186,9 @@ def hold_transactions(session: Session, *, into: str, ids: str) -> int:
     ).rowcount
 
 
-def merchant_lock_key(merchant_id: str) -> int:
+def _merchant_lock_key(merchant_id: str) -> int:
     """The advisory-lock key of the work on a merchant's card data (see `lock_merchants`)."""
-    digest = hashlib.blake2b(f"reconciliation\x1f{merchant_id}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
+    return advisory_lock_key("reconciliation", merchant_id)
 
 
 def lock_merchants(session: Session, merchant_ids: Iterable[str], *, shared: bool) -> None:
@@ -209,7 +207,7 @@ def lock_merchants(session: Session, merchant_ids: Iterable[str], *, shared: boo
     one at a time, which every holder keeps: two holders never wait on each other in a
     cycle."""
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    keys = [merchant_lock_key(m) for m in sorted(set(merchant_ids))]
+    keys = [_merchant_lock_key(m) for m in sorted(set(merchant_ids))]
     if not keys:
         return
     session.execute(

@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from flask import Response, request, stream_with_context
+
+from commerce.instants import utc_text
 
 CSV = "text/csv"
 
@@ -22,8 +25,10 @@ def cell(value: Any) -> Any:
     """Spreadsheets run text starting with = + - @ as a formula: such text gets a quote."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
-    if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, datetime):
+        return utc_text(value)
+    if hasattr(value, "isoformat"):  # a date
+        return value.isoformat()
     return "" if value is None else value
 
 

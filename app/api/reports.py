@@ -16,12 +16,12 @@ from datetime import date, datetime
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from app.api import Blueprint
-from app.api.csvfile import cell
+from app.api.csvfile import CSV, cell, wants_csv
 from app.api.fields import Timestamp
 from app.auth import BEARER, merchant_id, merchant_only
 from app.web import db
@@ -30,8 +30,6 @@ from commerce.reports import services
 from commerce.reports.periods import GROUPINGS
 
 blp = Blueprint("reports", __name__, url_prefix="/v1/reports", description="Reports")
-
-CSV = "text/csv"
 
 
 class ReportQuerySchema(Schema):
@@ -188,11 +186,6 @@ def build(kind: str, args: dict[str, Any], merchant: str) -> dict[str, Any]:
         limit=args.get("limit", 100),
         model=args.get("model", "last_touch"),
     )
-
-
-def wants_csv() -> bool:
-    """`Accept: text/csv` (preferred over JSON) asks for CSV; anything else gets JSON."""
-    return request.accept_mimetypes.best_match(["application/json", CSV]) == CSV
 
 
 def csv_response(kind: str, report: dict[str, Any]) -> Response:

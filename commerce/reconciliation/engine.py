@@ -32,7 +32,6 @@ after it read it.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import threading
@@ -50,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from commerce import partnerdata
 from commerce.cards.scrub import mask
-from commerce.db import after_commit, utcnow
+from commerce.db import advisory_lock_key, after_commit, utcnow
 from commerce.instants import utc_text
 from commerce.outbound import services as outbound
 from commerce.reconciliation.models import (
@@ -114,20 +113,14 @@ class Scope:
     ) -> Scope:
         """Every sale created in [start, end) and every card group with a sale or a purchase
         in it, of one merchant, of the merchants named, or of every merchant."""
-        chosen = None
-        if merchant_id is not None or merchant_ids is not None:
-            chosen = tuple(sorted({*(merchant_ids or ()), *([merchant_id] if merchant_id else [])}))
+        if merchant_id is not None:
+            merchant_ids = [*(merchant_ids or ()), merchant_id]
+        chosen = None if merchant_ids is None else tuple(sorted(set(merchant_ids)))
         return cls(merchant_ids=chosen, start=start, end=end, as_of=as_of)
 
     @property
     def is_period(self) -> bool:
         return self.start is not None
-
-
-def _lock_key(*parts: str) -> int:
-    """A stable signed 64-bit advisory-lock key."""
-    digest = hashlib.blake2b("\x1f".join(("reconciliation", *parts)).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 #: Advisory locks a merchant's card groups share. Two scopes whose groups share a stripe wait
@@ -138,7 +131,7 @@ GROUP_LOCK_STRIPES = 64
 
 def _group_lock_key(merchant_id: str, last4: str) -> int:
     stripe = zlib.crc32(last4.encode()) % GROUP_LOCK_STRIPES
-    return _lock_key(merchant_id, "stripe", str(stripe))
+    return advisory_lock_key("reconciliation", merchant_id, "stripe", str(stripe))
 
 
 def _lock(session: Session, scope: Scope) -> None:
@@ -1086,7 +1079,7 @@ def reconcile_period(
     outcomes: list[Outcome] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(run_chunk, chunk) for chunk in chunks]
-        errors = [f.exception() for f in futures if f.exception() is not None]
+        errors = [e for f in futures if (e := f.exception()) is not None]
         outcomes = [o for f in futures if f.exception() is None and (o := f.result())]
     if errors:
         raise errors[0]
